@@ -1,0 +1,190 @@
+"""The one module that starts processes (through ``sh``).
+
+Two shapes:
+
+* ``run_capture`` for short commands whose whole output is small (``nix --version``,
+  ``nix eval``, ``systemctl --user …``).
+* ``Supervised`` for a build: the child gets its own session (so its whole process group
+  can be signalled, and a terminal's Ctrl-C reaches only us), its stdout and stderr are
+  handed to callbacks line by line as they arrive, and ``stop`` tears the group down
+  TERM → grace period → KILL so no builder outlives nixbuild.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sh
+
+from .errors import NixbuildError
+
+LineCallback = Callable[[str], None]
+
+_PR_SET_PDEATHSIG = 1
+
+
+class CommandNotFound(NixbuildError):
+    """The program to run is not on PATH (the caller decides which exit code that means)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    argv: tuple[str, ...]
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+def _command(argv: Sequence[str]) -> Any:
+    if not argv:
+        raise ValueError("empty command line")
+    try:
+        return sh.Command(argv[0])
+    except sh.CommandNotFound as exc:
+        raise CommandNotFound(f"{argv[0]}: command not found") from exc
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL if nixbuild dies, even from SIGKILL.
+
+    Linux-only (prctl); elsewhere this is a no-op and ``stop`` remains the only guard.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def run_capture(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
+    stdin: str | None = None,
+) -> Completed:
+    """Run a short command to completion and return its status and decoded output."""
+    cmd = _command(argv)
+    kwargs: dict[str, Any] = {
+        "_ok_code": list(range(256)),
+        "_tty_out": False,
+        "_decode_errors": "replace",
+        "_env": dict(os.environ if env is None else env),
+        "_new_session": True,
+        "_preexec_fn": _die_with_parent,
+    }
+    if cwd is not None:
+        kwargs["_cwd"] = str(cwd)
+    if timeout is not None:
+        kwargs["_timeout"] = timeout
+        kwargs["_timeout_signal"] = signal.SIGKILL
+    if stdin is not None:
+        kwargs["_in"] = stdin
+    try:
+        result = cmd(*argv[1:], _return_cmd=True, **kwargs)
+    except sh.TimeoutException as exc:
+        raise NixbuildError(f"{argv[0]} did not finish within {timeout} s") from exc
+    except sh.SignalException as exc:
+        return Completed(tuple(argv), 128 + abs(exc.exit_code), _text(exc.stdout), _text(exc.stderr))
+    return Completed(tuple(argv), result.exit_code, _text(result.stdout), _text(result.stderr))
+
+
+def _text(data: bytes | str) -> str:
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+
+class Supervised:
+    """A long-running child in its own session, with line callbacks and group teardown."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        on_stdout: LineCallback,
+        on_stderr: LineCallback,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.argv = tuple(argv)
+        cmd = _command(argv)
+        kwargs: dict[str, Any] = {
+            "_bg": True,
+            "_bg_exc": False,
+            "_ok_code": list(range(256)),
+            "_tty_out": False,
+            "_out": _line_sink(on_stdout),
+            "_err": _line_sink(on_stderr),
+            "_decode_errors": "replace",
+            "_env": dict(os.environ if env is None else env),
+            "_new_session": True,
+            "_preexec_fn": _die_with_parent,
+        }
+        if cwd is not None:
+            kwargs["_cwd"] = str(cwd)
+        self._running = cmd(*argv[1:], **kwargs)
+        self.pid: int = self._running.pid
+        self._stopping = threading.Lock()
+
+    def wait(self, timeout: float | None = None) -> tuple[int | None, int | None]:
+        """Wait for the child; return (exit status, terminating signal). (None, None) on timeout."""
+        try:
+            self._running.wait(timeout=timeout)
+        except sh.TimeoutException:
+            return None, None
+        except sh.SignalException as exc:
+            return None, abs(exc.exit_code)
+        except sh.ErrorReturnCode as exc:  # pragma: no cover - ok_code covers all statuses
+            return exc.exit_code, None
+        code = self._running.exit_code
+        if code is not None and code < 0:
+            return None, -code
+        return code, None
+
+    def alive(self) -> bool:
+        return bool(self._running.is_alive())
+
+    def stop(self, grace_s: float = 10.0, sig: int = signal.SIGTERM) -> None:
+        """Signal the whole process group, wait up to ``grace_s``, then SIGKILL the group."""
+        with self._stopping:
+            _signal_group(self.pid, sig)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline:
+                if not self.alive() and not _group_exists(self.pid):
+                    return
+                time.sleep(0.05)
+            _signal_group(self.pid, signal.SIGKILL)
+            self.wait(timeout=5)
+
+
+def _line_sink(callback: LineCallback) -> Callable[[str], None]:
+    def sink(chunk: str) -> None:
+        # sh delivers line-buffered chunks; strip only the line terminator.
+        callback(chunk.rstrip("\r\n") if chunk.endswith("\n") else chunk)
+
+    return sink
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,71 @@
+"""Shared fixtures: a real Nix with an isolated store, and the fixture flake.
+
+Nix is real in these tests. Each test session gets its own store, state and config
+directories (NIX_STORE_DIR, NIX_STATE_DIR, NIX_CONF_DIR), never the user's, with
+substituters and the flake registry off so nothing waits on the network.
+Tests that need Nix skip only when the machine has none, and never when CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE_FLAKE = FIXTURES / "flake"
+
+NIX_CONF = """\
+sandbox = false
+substituters =
+flake-registry =
+build-users-group =
+experimental-features = nix-command flakes
+connect-timeout = 2
+"""
+
+
+def require(tool: str) -> None:
+    """Skip when `tool` is missing, except in CI where a missing tool is a failure."""
+    if shutil.which(tool) is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{tool} is required in CI but not on PATH (run .ci/bootstrap test)")
+        pytest.skip(f"{tool} not installed")
+
+
+@pytest.fixture(scope="session")
+def nix_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("nix")
+    for sub in ("store", "state", "conf", "log", "home", "cache"):
+        (root / sub).mkdir()
+    (root / "conf" / "nix.conf").write_text(NIX_CONF)
+    return root
+
+
+@pytest.fixture
+def nix_env(nix_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Point every nix invocation of this test (ours and the child's) at the isolated store."""
+    require("nix")
+    env = {
+        "NIX_STORE_DIR": str(nix_root / "store"),
+        "NIX_STATE_DIR": str(nix_root / "state"),
+        "NIX_LOG_DIR": str(nix_root / "log"),
+        "NIX_CONF_DIR": str(nix_root / "conf"),
+        "NIX_REMOTE": "",
+        "XDG_CACHE_HOME": str(nix_root / "cache"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("NIX_USER_CONF_FILES", raising=False)
+    yield env
+
+
+@pytest.fixture
+def flake(tmp_path: Path) -> Path:
+    """A private copy of the fixture flake (tests may edit it); refer to it as path:DIR."""
+    dest = tmp_path / "flake"
+    shutil.copytree(FIXTURE_FLAKE, dest)
+    return dest
