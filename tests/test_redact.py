@@ -1,0 +1,110 @@
+"""Redaction: each rule with a positive case and near-misses that must survive untouched."""
+
+from __future__ import annotations
+
+import pytest
+
+from nixbuild.redact import REDACTED, redact_argv, redact_text
+
+GH = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+GL = "glpat-" + "xY12_ab-CDefGHijKLmn"
+
+TEXT_CASES = [
+    # (input, expected)
+    (
+        f"nix build --option access-tokens github.com={GH} .#x",
+        f"nix build --option access-tokens {REDACTED} .#x",
+    ),
+    (
+        "nix build --option access-tokens 'github.com=abc gitlab.com=def' .#x",
+        f"nix build --option access-tokens {REDACTED} .#x",
+    ),
+    (
+        "nix build --extra-access-tokens github.com=abc",
+        f"nix build --extra-access-tokens {REDACTED}",
+    ),
+    ("access-tokens = github.com=abc gitlab.com=def", f"access-tokens = {REDACTED}"),
+    ("  extra-access-tokens=github.com=abc", f"  extra-access-tokens= {REDACTED}"),
+    ("netrc-file = /home/me/.netrc", f"netrc-file = {REDACTED}"),
+    ("nix build --option netrc-file /etc/nix/netrc", f"nix build --option netrc-file {REDACTED}"),
+    (
+        "fetching https://me:s3cret@example.org/a.tar.gz",
+        f"fetching https://{REDACTED}@example.org/a.tar.gz",
+    ),
+    ("git+https://oauth2:tok@gitlab.com/x", f"git+https://{REDACTED}@gitlab.com/x"),
+    ("https://tokenonly@github.com/o/r", f"https://{REDACTED}@github.com/o/r"),
+    (
+        "GET https://h/api?token=abc123&x=1",
+        f"GET https://h/api?token={REDACTED}&x=1",
+    ),
+    ("https://h/p?a=1&access_token=zz#f", f"https://h/p?a=1&access_token={REDACTED}#f"),
+    ("> Authorization: Bearer abc.def.ghi", f"> Authorization: {REDACTED}"),
+    ("authorization: token xyz", f"authorization: {REDACTED}"),
+    (f"export GITHUB_TOKEN={GH}", f"export GITHUB_TOKEN={REDACTED}"),
+    (f"PRIVATE-TOKEN {GL} used", f"PRIVATE-TOKEN {REDACTED} used"),
+]
+
+NEAR_MISSES = [
+    "git@github.com:owner/repo.git",  # scp-like ssh address: user, no secret
+    "https://github.com/owner/repo/commit/abc@def",  # '@' in the path, not userinfo
+    "https://example.org/a?tokens_left=3",  # parameter only contains 'token'
+    "https://example.org/a?mytoken=3",  # not a separate parameter name
+    "access-tokens-extra is not a setting",
+    "ghp_short",  # too short to be a token
+    "the Authorization header was missing",  # no colon: prose, not a header
+    "builder for '/nix/store/abc-torch.drv' failed with exit code 1",
+    "warning: unknown setting 'access-token'",
+    "glpat-short",
+    "netrc-file-less configuration",
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), TEXT_CASES)
+def test_redact_text(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize("text", NEAR_MISSES)
+def test_near_misses_are_left_alone(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_redaction_is_idempotent() -> None:
+    for text, _expected in TEXT_CASES:
+        once = redact_text(text)
+        assert redact_text(once) == once
+
+
+ARGV_CASES = [
+    (
+        ["nix", "build", "--option", "access-tokens", f"github.com={GH}", ".#x"],
+        ("nix", "build", "--option", "access-tokens", REDACTED, ".#x"),
+    ),
+    (
+        ["nix", "build", "--access-tokens", "github.com=abc def", ".#x"],
+        ("nix", "build", "--access-tokens", REDACTED, ".#x"),
+    ),
+    (["nix", "--netrc-file=/root/.netrc"], ("nix", f"--netrc-file={REDACTED}")),
+    (["nix", "--option", "netrc-file", "/n"], ("nix", "--option", "netrc-file", REDACTED)),
+    (
+        ["nix", "build", "git+https://u:p@host/repo"],
+        ("nix", "build", f"git+https://{REDACTED}@host/repo"),
+    ),
+    # near-misses: other options keep their values
+    (
+        ["nix", "build", "--option", "cores", "8", "--option", "max-jobs", "1"],
+        ("nix", "build", "--option", "cores", "8", "--option", "max-jobs", "1"),
+    ),
+    (["nix", "--option", "access-tokens"], ("nix", "--option", "access-tokens")),
+    (["nix", "--access-tokens"], ("nix", "--access-tokens")),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), ARGV_CASES)
+def test_redact_argv(argv: list[str], expected: tuple[str, ...]) -> None:
+    assert redact_argv(argv) == expected
+
+
+def test_redacted_argv_never_contains_the_secret() -> None:
+    argv = ["nix", "build", "--option", "access-tokens", f"github.com={GH}", "--", GH]
+    assert all(GH not in arg for arg in redact_argv(argv))
