@@ -1,0 +1,344 @@
+"""What to do after a failed attempt: the per-kind decision table (design.md "Failure taxonomy").
+
+``decide`` is pure: the diagnosis of the attempt that just failed, the attempts before it,
+its spec and the policy settings go in; a ``Decision`` (retry | degrade | gc_then_retry |
+fallback | give_up, with a delay) comes out. Randomness (backoff jitter) comes from the
+``rng`` argument, so tests are deterministic and never sleep; the supervisor does the
+waiting, the garbage collection and the memory-recovery check.
+
+Counting is per variant: the prebuilt fallback gets its own network, timeout and build
+allowances, and a failure of the fallback never falls back again. ``max_attempts`` bounds
+the whole run, fallback included.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import tenacity
+
+from .errors import ConfigError, ExitCode
+from .model import AttemptRecord, AttemptSpec, Decision, Diagnosis, Evidence, Kind, Variant
+from .plan import lower_parallelism
+
+RETRY = "retry"
+DEGRADE = "degrade"
+GC_THEN_RETRY = "gc_then_retry"
+FALLBACK = "fallback"
+GIVE_UP = "give_up"
+
+# Kinds whose cause is outside the build: when the run gives up on one of these, a later
+# run may well succeed, so the exit code says "try again later" (75, EX_TEMPFAIL).
+TRANSIENT_KINDS = frozenset({Kind.NETWORK, Kind.DISK, Kind.TIMEOUT})
+# Kinds where another attempt would fail the same way (or the user asked us to stop).
+STOP_KINDS = frozenset({Kind.HASH, Kind.EVAL, Kind.INTERRUPTED})
+# Failures that "a builder failed" covers; a timeout joins them once its retries are used.
+_BUILD_LIKE = frozenset({Kind.BUILD, Kind.UNKNOWN})
+
+# The seed advice for PyTorch-sized source builds: at least 20 GB free for store and build dir.
+SEED_FREE_SPACE_GB = 20
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """The knobs of the decision table; defaults follow design.md and issue 4."""
+
+    network_base_s: float = 30.0  # first backoff window; doubles per network retry
+    network_cap_s: float = 600.0  # no backoff window is wider than this
+    network_retries: int = 4  # per variant
+    max_oom_failures: int = 3  # OOMs of the source variant before using the fallback
+    oom_delay_s: float = 45.0  # pause before a degraded retry (memory settles, swap drains)
+    settle_delay_s: float = 5.0  # pause before a build/timeout retry
+    gc_allowed: bool = False
+    fallback: str | None = None  # the prebuilt installable, already checked to exist
+    max_attempts: int = 6  # overall, fallback attempts included
+    unknown_stops: bool = True  # False: an unrecognised failure is handled like `build`
+    disk_retries: int = 1  # per run: a second garbage collection rarely frees more
+    timeout_retries: int = 1  # per variant; then a timeout is handled like `build`
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        counts = {
+            "network_retries": self.network_retries,
+            "max_oom_failures": self.max_oom_failures,
+            "disk_retries": self.disk_retries,
+            "timeout_retries": self.timeout_retries,
+        }
+        for name, value in counts.items():
+            if value < 0:
+                raise ConfigError(f"{name} must not be negative, not {value}")
+        delays = {
+            "network_base_s": self.network_base_s,
+            "network_cap_s": self.network_cap_s,
+            "oom_delay_s": self.oom_delay_s,
+            "settle_delay_s": self.settle_delay_s,
+        }
+        for name, seconds in delays.items():
+            if seconds < 0:
+                raise ConfigError(f"{name} must not be negative, not {seconds}")
+
+
+class SeededFullJitter(tenacity.wait_random_exponential):
+    """tenacity's full-jitter wait, drawing from an injected ``random.Random``.
+
+    ``wait_random_exponential`` draws from the global ``random`` module; a run must be
+    reproducible in tests, so the exponential window still comes from tenacity
+    (``wait_exponential``: multiplier * 2**(attempt-1), capped at ``max``) and only the
+    uniform draw inside it uses ``rng``.
+    """
+
+    def __init__(self, *, multiplier: float, cap: float, rng: random.Random) -> None:
+        super().__init__(multiplier=multiplier, max=cap)
+        self._rng = rng
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        high = tenacity.wait_exponential.__call__(self, retry_state)
+        return self._rng.uniform(self.min, high)
+
+
+def backoff_window(retry_number: int, cfg: PolicyConfig) -> float:
+    """The upper bound of the ``retry_number``-th (1-based) network backoff."""
+    strategy = tenacity.wait_exponential(multiplier=cfg.network_base_s, max=cfg.network_cap_s)
+    return float(strategy(_call_state(retry_number)))
+
+
+def backoff_delay(retry_number: int, cfg: PolicyConfig, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**(retry_number-1))]."""
+    strategy = SeededFullJitter(multiplier=cfg.network_base_s, cap=cfg.network_cap_s, rng=rng)
+    return float(strategy(_call_state(retry_number)))
+
+
+def _call_state(attempt_number: int) -> tenacity.RetryCallState:
+    # A wait strategy only reads ``attempt_number``; the retrying object is never used here.
+    state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
+    state.attempt_number = max(1, attempt_number)
+    return state
+
+
+def interruption(signum: int) -> Diagnosis:
+    """The diagnosis the supervisor records when it stops an attempt because *it* got a signal.
+
+    The rule names the signal (``interrupted.sigint`` / ``interrupted.sigterm``), which is how
+    ``exit_code_for`` tells 130 from 143.
+    """
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return Diagnosis(
+        kind=Kind.INTERRUPTED,
+        rule=f"interrupted.{name.lower().replace(' ', '')}",
+        explanation=f"nixbuild received {name} and stopped the build",
+        evidence=(Evidence(0, f"received {name}"),),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Failures:
+    """The failures of a run so far, the one just diagnosed included."""
+
+    kinds: tuple[tuple[Variant, Kind], ...]
+
+    @classmethod
+    def of(cls, history: Sequence[AttemptRecord], current: AttemptSpec, kind: Kind) -> _Failures:
+        past = tuple((r.spec.variant, r.diagnosis.kind) for r in history if r.diagnosis is not None)
+        return cls((*past, (current.variant, kind)))
+
+    def count(self, kinds: frozenset[Kind], variant: Variant | None = None) -> int:
+        return sum(1 for v, k in self.kinds if k in kinds and (variant is None or v is variant))
+
+
+def decide(
+    diagnosis: Diagnosis,
+    history: Sequence[AttemptRecord],
+    current: AttemptSpec,
+    cfg: PolicyConfig,
+    rng: random.Random,
+    *,
+    free_space_gb: float | None = None,
+) -> Decision:
+    """The next step after the attempt with spec ``current`` failed with ``diagnosis``.
+
+    ``history`` holds the attempts *before* that one (with their diagnoses); the failed
+    attempt is number ``len(history) + 1``. ``free_space_gb``, when the supervisor measured
+    it, goes into the reason of a disk give-up.
+    """
+    failures = _Failures.of(history, current, diagnosis.kind)
+    proposal = _by_kind(diagnosis, failures, current, cfg, rng, free_space_gb=free_space_gb)
+    if proposal.action != GIVE_UP and len(history) + 1 >= cfg.max_attempts:
+        return _give_up(f"all {cfg.max_attempts} attempts used (last failure: {diagnosis.kind})")
+    return proposal
+
+
+def _by_kind(
+    diagnosis: Diagnosis,
+    failures: _Failures,
+    current: AttemptSpec,
+    cfg: PolicyConfig,
+    rng: random.Random,
+    *,
+    free_space_gb: float | None,
+) -> Decision:
+    kind = diagnosis.kind
+    if kind is Kind.HASH:
+        return _give_up("hash mismatch cannot be fixed by retrying")
+    if kind is Kind.EVAL:
+        return _give_up("evaluation error: the Nix expression must be fixed, retrying cannot help")
+    if kind is Kind.INTERRUPTED:
+        return _give_up(f"interrupted ({diagnosis.rule})")
+    if kind is Kind.UNKNOWN and cfg.unknown_stops:
+        return _give_up("unrecognised failure: stopping rather than guessing (see the log)")
+    if kind is Kind.NETWORK:
+        return _network(failures, current, cfg, rng)
+    if kind is Kind.OOM:
+        return _oom(failures, current, cfg)
+    if kind is Kind.DISK:
+        return _disk(failures, current, cfg, free_space_gb)
+    if kind is Kind.TIMEOUT:
+        used = failures.count(frozenset({Kind.TIMEOUT}), current.variant)
+        if used <= cfg.timeout_retries:
+            return Decision(RETRY, cfg.settle_delay_s, current, "timed out: retry once as it is")
+    return _build(failures, current, cfg)
+
+
+def _network(
+    failures: _Failures, current: AttemptSpec, cfg: PolicyConfig, rng: random.Random
+) -> Decision:
+    retry_number = failures.count(frozenset({Kind.NETWORK}), current.variant)
+    if retry_number > cfg.network_retries:
+        return _give_up(f"network still failing after {cfg.network_retries} retries")
+    delay = backoff_delay(retry_number, cfg, rng)
+    reason = f"network failure: retry {retry_number} of {cfg.network_retries} after a backoff"
+    return Decision(RETRY, delay, current, reason)
+
+
+def _oom(failures: _Failures, current: AttemptSpec, cfg: PolicyConfig) -> Decision:
+    ooms = failures.count(frozenset({Kind.OOM}), current.variant)
+    lower = lower_parallelism(current)
+    fallback = _fallback_spec(current, cfg)
+    if fallback is not None and (lower is None or ooms >= cfg.max_oom_failures):
+        why = "at cores 1, max-jobs 1" if lower is None else f"{ooms} times"
+        return Decision(FALLBACK, 0.0, fallback, f"out of memory {why}: use the prebuilt variant")
+    # Without a fallback the ladder continues to the floor: a slow build beats no build.
+    if lower is None:
+        return _give_up("out of memory even at cores 1, max-jobs 1")
+    reason = f"out of memory at cores {current.cores}, max-jobs {current.max_jobs}"
+    return Decision(DEGRADE, cfg.oom_delay_s, lower, reason)
+
+
+def _disk(
+    failures: _Failures, current: AttemptSpec, cfg: PolicyConfig, free_space_gb: float | None
+) -> Decision:
+    free = "" if free_space_gb is None else f" ({free_space_gb:.1f} GB free now)"
+    advice = f"free at least {SEED_FREE_SPACE_GB} GB for the Nix store and build directory{free}"
+    if not cfg.gc_allowed:
+        return _give_up(f"out of disk space: {advice}, or allow garbage collection (--gc)")
+    if failures.count(frozenset({Kind.DISK})) > cfg.disk_retries:
+        return _give_up(f"still out of disk space after garbage collection: {advice}")
+    return Decision(GC_THEN_RETRY, 0.0, current, "out of disk space: collect garbage, retry once")
+
+
+def _build(failures: _Failures, current: AttemptSpec, cfg: PolicyConfig) -> Decision:
+    timeouts = failures.count(frozenset({Kind.TIMEOUT}), current.variant)
+    failed = failures.count(_BUILD_LIKE, current.variant) + max(0, timeouts - cfg.timeout_retries)
+    lower = lower_parallelism(current)
+    if failed <= 1 and lower is not None:
+        # Parallel-build races (missing make dependencies) exist: one try with less parallelism.
+        return Decision(
+            DEGRADE, cfg.settle_delay_s, lower, "build failed: one more try at lower parallelism"
+        )
+    fallback = _fallback_spec(current, cfg)
+    if fallback is not None:
+        return Decision(
+            FALLBACK, 0.0, fallback, "source build keeps failing: use the prebuilt variant"
+        )
+    where = "at cores 1, max-jobs 1" if lower is None else "again at lower parallelism"
+    suffix = "" if current.variant is Variant.BIN else ", and there is no -bin fallback"
+    return _give_up(f"build failed {where}{suffix}")
+
+
+def _fallback_spec(current: AttemptSpec, cfg: PolicyConfig) -> AttemptSpec | None:
+    """The prebuilt attempt, or None when already on it (a fallback never falls back again)."""
+    if current.variant is Variant.BIN or not cfg.fallback or cfg.fallback == current.installable:
+        return None
+    # Keeps the current (possibly lowered) parallelism: a -bin package mostly downloads, and
+    # if the named fallback compiles anything, the lowered values are the safe ones.
+    return AttemptSpec(cfg.fallback, current.cores, current.max_jobs, Variant.BIN)
+
+
+def _give_up(reason: str) -> Decision:
+    return Decision(GIVE_UP, 0.0, None, reason)
+
+
+def exit_code_for(history: Sequence[AttemptRecord], succeeded: bool) -> ExitCode:
+    """The exit-code contract (design.md "Exit codes") for a finished run."""
+    if succeeded:
+        return ExitCode.OK
+    failed = [r.diagnosis for r in history if r.diagnosis is not None]
+    if not failed:
+        return ExitCode.FAILED
+    last = failed[-1]
+    if last.kind is Kind.INTERRUPTED:
+        # systemd stops units with SIGTERM, so anything not named SIGINT counts as a stop.
+        return ExitCode.SIGINT if "sigint" in last.rule.lower() else ExitCode.SIGTERM
+    if last.kind in TRANSIENT_KINDS:
+        return ExitCode.TRANSIENT
+    return ExitCode.FAILED
+
+
+def decision_line(record: AttemptRecord, total: int) -> str:
+    """The one line per attempt for the console and the structured log.
+
+    ``attempt 2/6 failed: oom (rule oom.cc1plus-killed) → retry with cores 8→4, max-jobs 1 in 45 s``
+    """
+    head = f"attempt {record.number}/{total}"
+    spec = record.spec
+    if record.diagnosis is None:
+        if spec.variant is Variant.BIN:
+            return f"{head} succeeded: built the prebuilt variant {spec.installable}"
+        return f"{head} succeeded with cores {spec.cores}, max-jobs {spec.max_jobs}"
+    failed = f"{head} failed: {record.diagnosis.kind} (rule {record.diagnosis.rule})"
+    if record.decision is None:
+        return failed
+    return f"{failed} → {_describe(record.decision, spec)}"
+
+
+def _describe(decision: Decision, before: AttemptSpec) -> str:
+    nxt = decision.next
+    if decision.action == GIVE_UP or nxt is None:
+        return f"give up: {decision.reason}" if decision.reason else "give up"
+    when = f" in {format_delay(decision.delay_s)}" if decision.delay_s > 0 else ""
+    if decision.action == FALLBACK or nxt.installable != before.installable:
+        return f"fall back to {nxt.installable}{when}"
+    options = _options(before, nxt)
+    if decision.action == GC_THEN_RETRY:
+        return f"collect garbage, then retry {options}{when}"
+    return f"retry {options}{when}"
+
+
+def _options(before: AttemptSpec, after: AttemptSpec) -> str:
+    if (before.cores, before.max_jobs) == (after.cores, after.max_jobs):
+        return "with the same options"
+
+    def one(name: str, old: int, new: int) -> str:
+        return f"{name} {new}" if old == new else f"{name} {old}→{new}"
+
+    cores = one("cores", before.cores, after.cores)
+    return f"with {cores}, {one('max-jobs', before.max_jobs, after.max_jobs)}"
+
+
+def format_delay(seconds: float) -> str:
+    """``45 s``, ``1 min 12 s``, ``10 min``, ``1 h 5 min``; a positive delay shows as ≥ 1 s."""
+    total = max(1, round(seconds)) if seconds > 0 else 0
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours} h"] if hours else []
+    if minutes:
+        parts.append(f"{minutes} min")
+    if secs or not parts:
+        parts.append(f"{secs} s")
+    return " ".join(parts)
