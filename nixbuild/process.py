@@ -96,7 +96,9 @@ def run_capture(
     except sh.TimeoutException as exc:
         raise NixbuildError(f"{argv[0]} did not finish within {timeout} s") from exc
     except sh.SignalException as exc:
-        return Completed(tuple(argv), 128 + abs(exc.exit_code), _text(exc.stdout), _text(exc.stderr))
+        return Completed(
+            tuple(argv), 128 + abs(exc.exit_code), _text(exc.stdout), _text(exc.stderr)
+        )
     return Completed(tuple(argv), result.exit_code, _text(result.stdout), _text(result.stderr))
 
 

@@ -1,0 +1,255 @@
+"""Effective configuration: flags > environment (NIXBUILD_*) > TOML file > defaults.
+
+Every value remembers where it came from, so ``nixbuild config`` can explain itself. The
+file is ``--config PATH``, else ``./nixbuild.toml``, else
+``$XDG_CONFIG_HOME/nixbuild/config.toml``. Top-level keys are defaults for every run;
+``[jobs.NAME]`` tables describe named jobs (``--job NAME``) and override the top level.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+Parser = Callable[[object], object]
+
+
+def _int_at_least(minimum: int) -> Parser:
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected a whole number, not true/false")
+        try:
+            number = int(value) if isinstance(value, int | str) else None
+        except ValueError:
+            number = None
+        if number is None:
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return parse
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*(?:(\d+)\s*s?)?\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """``90`` (seconds), ``"45s"``, ``"90m"``, ``"2h30m"`` → seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"must be positive, got {value}")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match or not any(match.groups()):
+        raise ValueError(f"expected a duration like 45s, 90m or 2h30m, got {value!r}")
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ValueError("must be positive")
+    return float(total)
+
+
+def _deadline(value: object) -> str:
+    text = str(value)
+    if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", text):
+        raise ValueError(f"expected a time of day HH:MM, got {value!r}")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    parse: Parser
+    default: object
+    help: str
+
+
+# One table drives the file keys, the env names and `nixbuild config`.
+OPTIONS: tuple[Option, ...] = (
+    Option("installable", _str, None, "what to build (default .#default)"),
+    Option("mode", _choice("build", "develop"), "build", "nix build or nix develop"),
+    Option("cores", _int_at_least(1), None, "nix `cores` (default min(8, usable CPUs))"),
+    Option("max_jobs", _int_at_least(1), 1, "nix `max-jobs`"),
+    Option("fallback", _str, None, "prebuilt variant to fall back to"),
+    Option("no_fallback", _bool, False, "never fall back to a -bin variant"),
+    Option("max_attempts", _int_at_least(1), 6, "attempts in all, fallback included"),
+    Option("deadline", _deadline, None, "no attempt runs past this time of day (HH:MM)"),
+    Option("max_duration", parse_duration, None, "stop the run after this long"),
+    Option("gc", _bool, False, "garbage-collect the store when the disk is full"),
+    Option("log_dir", _str, "logs", "where run directories go"),
+    Option("state_dir", _str, None, "ledger, locks, dev-shell profiles"),
+    Option("out_link", _str, None, "GC root for the result (build: ./result)"),
+    Option("quiet", _bool, False, "only progress and the result"),
+    Option("heartbeat", parse_duration, 30.0, "seconds between heartbeat lines when silent"),
+    Option("stall_timeout", parse_duration, None, "stop an attempt silent for this long"),
+    Option("grace", parse_duration, 10.0, "seconds between TERM and KILL when stopping nix"),
+)
+BY_NAME = {opt.name: opt for opt in OPTIONS}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    file: Path | None = None
+    job: str | None = None
+    jobs: tuple[str, ...] = field(default=())
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def get_path(self, name: str) -> Path | None:
+        value = self.values.get(name)
+        return None if value is None else Path(value).expanduser()
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "~")) / ".local/state")
+    return Path(base).expanduser() / "nixbuild"
+
+
+def find_config_file(explicit: str | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist or is not a file")
+        return path
+    local = cwd / "nixbuild.toml"
+    if local.is_file():
+        return local
+    base = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME", "~")) / ".config")
+    user = Path(base).expanduser() / "nixbuild" / "config.toml"
+    return user if user.is_file() else None
+
+
+def _line_of(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^[ \t]*{re.escape(key)}[ \t]*=", re.MULTILINE)
+    match = pattern.search(text)
+    return None if match is None else text.count("\n", 0, match.start()) + 1
+
+
+def _where(path: Path, text: str, key: str) -> str:
+    line = _line_of(text, key)
+    return f"{path}:{line}" if line else str(path)
+
+
+def _parse_table(
+    table: Mapping[str, object], path: Path, text: str, scope: str
+) -> dict[str, object]:
+    parsed: dict[str, object] = {}
+    for key, value in table.items():
+        opt = BY_NAME.get(key.replace("-", "_"))
+        if opt is None:
+            known = ", ".join(sorted(BY_NAME))
+            raise ConfigError(
+                f"{_where(path, text, key)}: unknown key {key!r} in {scope}",
+                hint=f"known keys: {known}",
+            )
+        try:
+            parsed[opt.name] = opt.parse(value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{_where(path, text, key)}: {key}: {exc}") from None
+    return parsed
+
+
+def read_config_file(path: Path) -> tuple[dict[str, object], dict[str, dict[str, object]]]:
+    """→ (top-level values, jobs). Errors name the file, the line and the problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    jobs_table = data.pop("jobs", {})
+    if not isinstance(jobs_table, dict):
+        raise ConfigError(f"{_where(path, text, 'jobs')}: `jobs` must be a table of [jobs.NAME]")
+    top = _parse_table(data, path, text, "the top level")
+    jobs: dict[str, dict[str, object]] = {}
+    for name, table in jobs_table.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [jobs.{name}] must be a table")
+        jobs[name] = _parse_table(table, path, text, f"[jobs.{name}]")
+    return top, jobs
+
+
+def load(
+    flags: Mapping[str, object | None],
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    config_path: str | None = None,
+    job: str | None = None,
+) -> Config:
+    """Resolve every option. ``flags`` holds command-line values (None = not given)."""
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    path = find_config_file(config_path or environ.get("NIXBUILD_CONFIG"), environ, cwd)
+    top, jobs = read_config_file(path) if path else ({}, {})
+    job = job or environ.get("NIXBUILD_JOB") or None
+    if job is not None and job not in jobs:
+        where = f"in {path}" if path else "(no config file found)"
+        known = ", ".join(sorted(jobs)) or "none"
+        raise ConfigError(f"unknown job {job!r} {where}", hint=f"defined jobs: {known}")
+    job_values = jobs.get(job, {}) if job else {}
+
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    for opt in OPTIONS:
+        env_name = "NIXBUILD_" + opt.name.upper()
+        flag = flags.get(opt.name)
+        if flag is not None:
+            values[opt.name], sources[opt.name] = _checked(
+                opt, flag, "--" + opt.name.replace("_", "-")
+            )
+        elif environ.get(env_name, "") != "":
+            values[opt.name], sources[opt.name] = _checked(opt, environ[env_name], env_name)
+        elif opt.name in job_values:
+            values[opt.name], sources[opt.name] = job_values[opt.name], f"{path} [jobs.{job}]"
+        elif opt.name in top:
+            values[opt.name], sources[opt.name] = top[opt.name], str(path)
+        else:
+            values[opt.name], sources[opt.name] = opt.default, "default"
+    return Config(values, sources, path, job, tuple(sorted(jobs)))
+
+
+def _checked(opt: Option, raw: object, origin: str) -> tuple[object, str]:
+    try:
+        return opt.parse(raw), origin
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{origin}: {exc}") from None

@@ -1,0 +1,101 @@
+"""What the person watching sees: log lines, a progress line, heartbeats, decisions.
+
+On a terminal the progress line is redrawn in place under the scrolling log (like
+``nix build -L``). Anywhere else (CI, journald, ``nohup``) there are no ANSI codes and no
+redraws: plain lines, plus a heartbeat at most every ``heartbeat_s`` while nix is silent,
+so a log reader can tell a long compile from a hang.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from .logstream import LogState, drv_name
+from .model import LogLine, Source
+
+CLEAR_LINE = "\r\x1b[K"
+
+
+def format_elapsed(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def progress_text(state: LogState, elapsed_s: float, prefix: str = "") -> str:
+    builds = state.builds
+    parts = [prefix] if prefix else []
+    if builds.expected:
+        parts.append(f"{builds.done}/{builds.expected} built")
+    running = state.running_drvs()
+    if running:
+        drv = running[-1]
+        phase = state.phase_of.get(drv)
+        more = f" (+{len(running) - 1})" if len(running) > 1 else ""
+        parts.append(f"building {drv_name(drv)}{more}" + (f" [{phase}]" if phase else ""))
+    if builds.failed:
+        parts.append(f"{builds.failed} failed")
+    parts.append(format_elapsed(elapsed_s))
+    return ", ".join(parts)
+
+
+@dataclass
+class Console:
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    tty: bool = False
+    quiet: bool = False
+    heartbeat_s: float = 30.0
+    _progress_shown: bool = False
+    _last_output: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _write(self, text: str) -> None:
+        if self.tty and self._progress_shown:
+            self.stream.write(CLEAR_LINE)
+            self._progress_shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def say(self, text: str, now: float) -> None:
+        """A nixbuild message (attempt start, decision, result): always shown."""
+        with self._lock:
+            self._write(text)
+            self._last_output = now
+
+    def log_line(self, line: LogLine, now: float) -> None:
+        if self.quiet and line.source is not Source.NIX:
+            return
+        if self.quiet and not line.text.startswith(("error", "warning")):
+            return
+        with self._lock:
+            self._write(line.text)
+            self._last_output = now
+
+    def tick(self, state: LogState, elapsed_s: float, now: float, prefix: str = "") -> None:
+        """Called about once a second by the supervisor while an attempt runs."""
+        with self._lock:
+            if self.tty:
+                self.stream.write(CLEAR_LINE + progress_text(state, elapsed_s, prefix)[:200])
+                self.stream.flush()
+                self._progress_shown = True
+            elif now - self._last_output >= self.heartbeat_s:
+                self._write("… still running: " + progress_text(state, elapsed_s, prefix))
+                self._last_output = now
+
+    def start(self, now: float) -> None:
+        self._last_output = now
+
+    def done(self) -> None:
+        with self._lock:
+            if self.tty and self._progress_shown:
+                self.stream.write(CLEAR_LINE)
+                self.stream.flush()
+                self._progress_shown = False

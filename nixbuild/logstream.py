@@ -1,0 +1,295 @@
+"""Nix's ``--log-format internal-json`` stream → typed events → human log lines.
+
+``parse_line`` turns one line of nix's stderr into one event from a closed union of small
+frozen dataclasses. It never raises: unknown activity or result types become ``Other``,
+malformed JSON and anything that is not an ``@nix`` line become ``Plain``.
+
+``LogState`` folds events into what the rest of nixbuild needs: the human-readable log
+(the same shape as ``nix build -L``: ``name> text`` for builder output), which derivation
+each build activity belongs to, the current phase, overall progress, and nix's own error
+messages. Memory is bounded: finished activities are forgotten and tails are deques.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .model import LogLine, Source
+from .textlog import TextLogReader
+
+PREFIX = "@nix "
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
+
+# Activity and result type numbers from nix's src/libutil/logging.hh. They have only been
+# appended to over the years (2.8 … current), so one table serves every version.
+ACT_FILE_TRANSFER = 101
+ACT_REALISE = 102
+ACT_COPY_PATHS = 103
+ACT_BUILDS = 104
+ACT_BUILD = 105
+ACT_SUBSTITUTE = 108
+ACT_POST_BUILD_HOOK = 110
+RES_BUILD_LOG_LINE = 101
+RES_SET_PHASE = 104
+RES_PROGRESS = 105
+RES_SET_EXPECTED = 106
+RES_POST_BUILD_LOG_LINE = 107
+
+LVL_ERROR = 0
+LVL_WARN = 1
+LVL_INFO = 3  # messages above this verbosity (-v and up) stay out of the human log
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    id: int
+    type: int
+    level: int
+    text: str
+    parent: int | None
+    fields: tuple[object, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class BuildLogLine:
+    id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetPhase:
+    id: int
+    phase: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    id: int
+    done: int
+    expected: int
+    running: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetExpected:
+    id: int
+    activity_type: int
+    expected: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Other:
+    """An ``@nix`` object of a kind this version of nixbuild does not know (newer nix)."""
+
+    action: str
+    data: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """A line that is not internal-json: a `--command` program's output, garbage, a bad line."""
+
+    text: str
+
+
+Event = Start | Stop | BuildLogLine | SetPhase | Progress | SetExpected | Message | Other | Plain
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI.sub("", text) if "\x1b" in text else text
+
+
+def _int(value: object, default: int = 0) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def parse_line(line: str) -> Event:
+    """Parse one line of nix's stderr. Never raises."""
+    if not line.startswith(PREFIX):
+        return Plain(line)
+    try:
+        data = json.loads(line[len(PREFIX) :])
+    except (ValueError, RecursionError):
+        return Plain(line)
+    if not isinstance(data, dict):
+        return Plain(line)
+    action = data.get("action")
+    fields = data.get("fields")
+    fields = tuple(fields) if isinstance(fields, list) else ()
+    act_id = _int(data.get("id"))
+    match action:
+        case "start":
+            parent = data.get("parent")
+            return Start(
+                act_id,
+                _int(data.get("type")),
+                _int(data.get("level"), LVL_INFO),
+                strip_ansi(str(data.get("text", ""))),
+                parent if isinstance(parent, int) and parent != 0 else None,
+                fields,
+            )
+        case "stop":
+            return Stop(act_id)
+        case "msg":
+            return Message(_int(data.get("level"), LVL_INFO), strip_ansi(str(data.get("msg", ""))))
+        case "result":
+            return _parse_result(act_id, _int(data.get("type"), -1), fields, data)
+    return Other(str(action), data)
+
+
+def _parse_result(
+    act_id: int, rtype: int, fields: tuple[object, ...], data: dict[str, object]
+) -> Event:
+    if rtype in (RES_BUILD_LOG_LINE, RES_POST_BUILD_LOG_LINE) and fields:
+        return BuildLogLine(act_id, strip_ansi(str(fields[0])))
+    if rtype == RES_SET_PHASE and fields:
+        return SetPhase(act_id, str(fields[0]))
+    if rtype == RES_PROGRESS and len(fields) >= 4:
+        done, expected, running, failed = (_int(f) for f in fields[:4])
+        return Progress(act_id, done, expected, running, failed)
+    if rtype == RES_SET_EXPECTED and len(fields) >= 2:
+        return SetExpected(act_id, _int(fields[0]), _int(fields[1]))
+    return Other("result", data)
+
+
+def drv_name(drv: str) -> str:
+    """``/nix/store/<hash>-python3.12-torch-2.5.1.drv`` → ``python3.12-torch-2.5.1``."""
+    base = drv.rsplit("/", 1)[-1]
+    base = base.removesuffix(".drv")
+    _, sep, rest = base.partition("-")
+    return rest if sep and rest else base
+
+
+def log_prefix(drv: str) -> str:
+    """The prefix ``nix build -L`` puts before builder output: the name without version.
+
+    Same rule as nix's DrvName: the version starts at the first '-' not followed by a
+    letter (``python3.12-torch-2.5.1`` → ``python3.12-torch``).
+    """
+    name = drv_name(drv)
+    for i, char in enumerate(name[:-1]):
+        if char == "-" and not name[i + 1].isalpha():
+            return name[:i]
+    return name
+
+
+@dataclass(slots=True)
+class BuildStatus:
+    """Overall progress as nix reports it on the top-level "builds" activity."""
+
+    done: int = 0
+    expected: int = 0
+    running: int = 0
+    failed: int = 0
+
+
+@dataclass(slots=True)
+class LogState:
+    """Folds events into human lines and a bounded picture of the build's state."""
+
+    tail_lines: int = 40
+    activities: dict[int, Start] = field(default_factory=dict)
+    drv_of: dict[int, str] = field(default_factory=dict)
+    phase_of: dict[str, str] = field(default_factory=dict)
+    tails: dict[str, deque[str]] = field(default_factory=dict)
+    builds: BuildStatus = field(default_factory=BuildStatus)
+    started_drvs: deque[str] = field(default_factory=lambda: deque(maxlen=64))
+
+    def running_drvs(self) -> list[str]:
+        return [self.drv_of[i] for i in self.activities if i in self.drv_of]
+
+    def apply(self, event: Event) -> list[LogLine]:
+        """Update state; return the human log lines this event contributes (numbered 0)."""
+        match event:
+            case Start():
+                return self._start(event)
+            case Stop(id=act_id):
+                self.activities.pop(act_id, None)
+                drv = self.drv_of.pop(act_id, None)
+                if drv is not None:
+                    self.phase_of.pop(drv, None)
+            case BuildLogLine(id=act_id, text=text):
+                return self._build_line(act_id, text)
+            case SetPhase(id=act_id, phase=phase):
+                drv = self._drv_for(act_id)
+                if drv is not None:
+                    self.phase_of[drv] = phase
+                    return [
+                        LogLine(0, f"{log_prefix(drv)}> Running phase: {phase}", Source.BUILD, drv)
+                    ]
+            case Progress(id=act_id, done=done, expected=exp, running=run, failed=failed):
+                start = self.activities.get(act_id)
+                if start is not None and start.type == ACT_BUILDS:
+                    self.builds = BuildStatus(done, exp, run, failed)
+            case Message(level=level, text=text) if level <= LVL_INFO:
+                return [LogLine(0, part, Source.NIX) for part in text.splitlines() or [""]]
+            case Plain(text=text):
+                return [LogLine(0, strip_ansi(text), Source.BUILD)]
+        return []
+
+    def _start(self, event: Start) -> list[LogLine]:
+        self.activities[event.id] = event
+        fields = event.fields
+        if event.type == ACT_BUILD and fields and isinstance(fields[0], str):
+            drv = fields[0]
+            self.drv_of[event.id] = drv
+            self.started_drvs.append(drv)
+            self.tails.setdefault(drv, deque(maxlen=self.tail_lines))
+            text = f"{event.text}..." if event.text else f"building '{drv}'..."
+            return [LogLine(0, text, Source.NIX, drv)]
+        if event.text and event.level <= LVL_INFO:
+            return [LogLine(0, event.text, Source.NIX)]
+        return []
+
+    def _build_line(self, act_id: int, text: str) -> list[LogLine]:
+        drv = self._drv_for(act_id)
+        if drv is None:
+            return [LogLine(0, text, Source.BUILD)]
+        self.tails.setdefault(drv, deque(maxlen=self.tail_lines)).append(text)
+        return [LogLine(0, f"{log_prefix(drv)}> {text}", Source.BUILD, drv)]
+
+    def _drv_for(self, act_id: int) -> str | None:
+        """The derivation an activity belongs to, following ``parent`` links (newer nix)."""
+        seen = 0
+        current: int | None = act_id
+        while current is not None and seen < 16:
+            drv = self.drv_of.get(current)
+            if drv is not None:
+                return drv
+            start = self.activities.get(current)
+            current = start.parent if start is not None else None
+            seen += 1
+        return None
+
+
+def read_log_lines(raw: Iterable[str]) -> Iterator[LogLine]:
+    """Any saved log → numbered LogLines: internal-json lines are decoded, others are text.
+
+    Line numbers are those of the input, so evidence points back into the file given.
+    """
+    state = LogState()
+    text_reader = TextLogReader()
+    for number, raw_line in enumerate(raw, start=1):
+        line = raw_line.rstrip("\r\n")
+        event = parse_line(line)
+        if isinstance(event, Plain):
+            yield text_reader.line(number, line)
+            continue
+        for produced in state.apply(event):
+            yield LogLine(number, produced.text, produced.source, produced.drv)

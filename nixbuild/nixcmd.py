@@ -1,0 +1,124 @@
+"""Pure argv builders for the nix commands nixbuild runs, and nix version facts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import NixMissingError
+from .model import AttemptSpec, Mode
+
+LOG_ARGS = ("--log-format", "internal-json", "-v")
+FLAKE_FEATURES = ("--extra-experimental-features", "nix-command flakes")
+INSTALL_HINT = "install Nix: `sudo apt-get install nix-bin` on Debian/Ubuntu, or see https://nixos.org/download"
+
+
+@dataclass(frozen=True, slots=True)
+class NixInfo:
+    version: tuple[int, int, int]
+    binary: str = "nix"
+
+    @property
+    def needs_feature_flags(self) -> bool:
+        # nix-command and flakes are experimental in every release since 2.4 (when the
+        # flag appeared); passing them when already enabled is harmless.
+        return self.version >= (2, 4, 0)
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+
+def parse_nix_version(output: str) -> tuple[int, int, int]:
+    """``nix (Nix) 2.8.0`` / ``nix (Determinate Nix 3.6.2) 2.29.0`` → (2, 8, 0)."""
+    versions = re.findall(r"(\d+)\.(\d+)(?:\.(\d+))?", output)
+    if not versions:
+        raise NixMissingError(f"could not read the nix version from {output.strip()!r}")
+    major, minor, patch = versions[-1]
+    return int(major), int(minor), int(patch or 0)
+
+
+def nix_prefix(nix: NixInfo) -> list[str]:
+    return [nix.binary, *(FLAKE_FEATURES if nix.needs_feature_flags else ())]
+
+
+def parallelism_args(spec: AttemptSpec) -> list[str]:
+    return ["--option", "cores", str(spec.cores), "--option", "max-jobs", str(spec.max_jobs)]
+
+
+def build_argv(
+    nix: NixInfo, spec: AttemptSpec, *, out_link: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    return [
+        *nix_prefix(nix),
+        "build",
+        spec.installable,
+        "--out-link",
+        str(out_link),
+        *parallelism_args(spec),
+        *LOG_ARGS,
+        *extra,
+    ]
+
+
+def develop_argv(
+    nix: NixInfo,
+    spec: AttemptSpec,
+    *,
+    profile: Path,
+    command: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """Realise a dev shell without entering it; ``--profile`` pins it as a GC root.
+
+    Without a user command we run ``true``: the shell's closure is built and the profile
+    written, and ``nix develop PROFILE`` enters it later without building anything.
+    """
+    return [
+        *nix_prefix(nix),
+        "develop",
+        spec.installable,
+        "--profile",
+        str(profile),
+        *parallelism_args(spec),
+        *LOG_ARGS,
+        *extra,
+        "--command",
+        *(command or ("true",)),
+    ]
+
+
+def attempt_argv(
+    nix: NixInfo,
+    mode: Mode,
+    spec: AttemptSpec,
+    *,
+    gcroot: Path,
+    command: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> list[str]:
+    if mode is Mode.DEVELOP:
+        return develop_argv(nix, spec, profile=gcroot, command=command, extra=extra)
+    return build_argv(nix, spec, out_link=gcroot, extra=extra)
+
+
+_INSTALLABLE_OK = re.compile(r"^[^\s\x00-\x1f]+$")
+
+
+def check_installable(installable: str) -> str | None:
+    """A reason the installable is malformed, or None. Nix itself judges the rest."""
+    if not installable or not _INSTALLABLE_OK.match(installable):
+        return "an installable is one word without spaces, e.g. .#default or nixpkgs#hello"
+    if installable.startswith("-"):
+        return "installables do not start with '-' (put nix options after --)"
+    if installable.count("#") > 1:
+        return "an installable has at most one '#'"
+    return None
+
+
+def slug(installable: str) -> str:
+    """A file-name-safe short form: ``nixpkgs#pkgs.torch`` → ``nixpkgs-pkgs.torch``."""
+    text = re.sub(r"[^A-Za-z0-9._+-]+", "-", installable).strip("-.")
+    return text[:80] or "default"

@@ -1,0 +1,160 @@
+"""A run's directory: command lines, attempt logs, structured events, summary.json.
+
+Layout::
+
+    <log-dir>/<run-id>/command.txt      the exact nix command line of every attempt
+    <log-dir>/<run-id>/attempt-N.log    the complete human-readable log of attempt N
+    <log-dir>/<run-id>/events.jsonl     structured events (structlog, one JSON object a line)
+    <log-dir>/<run-id>/summary.json     written atomically at the end
+
+A full disk under the log dir must not kill a build that is going well: write errors are
+reported once and the files are then left alone, while the build and the console go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, MutableMapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from .errors import UsageError
+
+
+def new_run_id(now: datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
+
+
+def create_run_dir(log_dir: Path, run_id: str) -> Path:
+    """Create the run directory or fail with a message that says what to do (exit 2)."""
+    run_dir = log_dir / run_id
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write run logs under {log_dir}: {exc.strerror or exc}",
+            hint="choose a writable directory with --log-dir DIR or NIXBUILD_LOG_DIR",
+        ) from None
+    return run_dir
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write via a temporary file and rename, so readers never see half a summary."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+        raise
+
+
+class RunFiles:
+    """Owns the open files of one run; every write is failure-tolerant."""
+
+    def __init__(self, run_dir: Path, warn: Callable[[str], None]) -> None:
+        self.dir = run_dir
+        self._warn = warn
+        self._broken = False
+        self._attempt_log: TextIO | None = None
+        self._events: TextIO | None = self._open("events.jsonl")
+        # When events.jsonl cannot be opened the run is already marked broken and _guard
+        # drops every event, so the stand-in stream is never written to.
+        self.events = structlog.wrap_logger(
+            structlog.WriteLogger(self._events or sys.stderr),
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                self._guard,
+                structlog.processors.JSONRenderer(sort_keys=False),
+            ],
+        )
+
+    def _guard(
+        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if self._broken:
+            raise structlog.DropEvent
+        return event
+
+    def _open(self, name: str) -> TextIO | None:
+        try:
+            return (self.dir / name).open("a", encoding="utf-8", errors="replace")
+        except OSError as exc:
+            self._fail(exc)
+            return None
+
+    def _fail(self, exc: OSError) -> None:
+        if not self._broken:
+            self._broken = True
+            self._warn(
+                f"warning: cannot write run logs in {self.dir} ({exc.strerror or exc}); "
+                "the build goes on, logged to the console only"
+            )
+
+    def _safe(self, action: Callable[[], object]) -> None:
+        if self._broken:
+            return
+        try:
+            action()
+        except OSError as exc:
+            self._fail(exc)
+
+    def event(self, name: str, **fields: Any) -> None:
+        self._safe(lambda: self.events.info(name, **fields))
+        if self._events is not None:
+            self._safe(self._events.flush)
+
+    def add_command(self, number: int, argv: Sequence[str]) -> None:
+        def write() -> None:
+            with (self.dir / "command.txt").open("a", encoding="utf-8") as fh:
+                fh.write(f"# attempt {number}\n{shlex.join(argv)}\n")
+
+        self._safe(write)
+
+    def open_attempt(self, number: int) -> str:
+        name = f"attempt-{number}.log"
+        self.close_attempt()
+        self._attempt_log = self._open(name)
+        return name
+
+    def attempt_line(self, text: str) -> None:
+        log = self._attempt_log
+        if log is not None:
+            self._safe(lambda: log.write(text + "\n"))
+
+    def close_attempt(self) -> None:
+        if self._attempt_log is not None:
+            with contextlib.suppress(OSError):
+                self._attempt_log.close()
+            self._attempt_log = None
+
+    def write_summary(self, summary: dict[str, object]) -> None:
+        try:
+            write_json_atomic(self.dir / "summary.json", summary)
+        except OSError as exc:
+            self._broken = False  # the summary matters most: always say when it failed
+            self._fail(exc)
+
+    def close(self) -> None:
+        self.close_attempt()
+        if self._events is not None:
+            with contextlib.suppress(OSError):
+                self._events.close()
