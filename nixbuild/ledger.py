@@ -1,0 +1,466 @@
+"""The run ledger: every run and attempt in a small SQLite database (stdlib ``sqlite3``).
+
+It answers `nixbuild history`, gives the adaptive start (the parallelism that last worked
+after an OOM) and lets a new run notice runs that died without finishing.
+
+Two nixbuild runs may write at once (a timer-started job and a manual build), so the file
+is in WAL mode, every connection waits on a lock (``busy_timeout``) instead of failing, and
+every write is one short ``BEGIN IMMEDIATE`` transaction. The schema is versioned; a
+migration is one more entry in ``_MIGRATIONS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from .errors import NixbuildError
+from .model import AttemptRecord, Kind, Variant
+
+LEDGER_FILENAME = "ledger.sqlite3"
+BUSY_TIMEOUT_MS = 30_000
+
+RUNNING = "running"
+ABANDONED = "abandoned"
+
+# Each entry moves the schema one version up; never edit an entry once released.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL UNIQUE,
+        job TEXT,
+        installable TEXT NOT NULL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        variant TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        duration_s REAL,
+        run_dir TEXT,
+        pid INTEGER,
+        host TEXT,
+        outputs TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX runs_by_job ON runs (job, id);
+    CREATE INDEX runs_by_installable ON runs (installable, id);
+    CREATE INDEX runs_by_status ON runs (status);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        run INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        installable TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        cores INTEGER NOT NULL,
+        max_jobs INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        duration_s REAL,
+        exit_status INTEGER,
+        kind TEXT,
+        rule TEXT,
+        drv TEXT,
+        explanation TEXT,
+        action TEXT,
+        delay_s REAL,
+        log TEXT,
+        UNIQUE (run, number)
+    );
+    CREATE INDEX attempts_by_installable ON attempts (installable, variant);
+    """,
+)
+
+# Column order of the row dataclasses below; the SQL is built from these fixed names.
+_RUN_FIELDS = (
+    "id", "run_id", "job", "installable", "status", "exit_code", "variant", "started_at",
+    "finished_at", "duration_s", "run_dir", "pid", "host", "outputs",
+)  # fmt: skip
+_ATTEMPT_FIELDS = (
+    "number", "installable", "variant", "cores", "max_jobs", "started_at", "duration_s",
+    "exit_status", "kind", "rule", "drv", "explanation", "action", "delay_s", "log",
+)  # fmt: skip
+# Recording an attempt twice (before and after its decision) updates it in place.
+_UPSERT_ATTEMPT = (
+    f"INSERT INTO attempts (run, {', '.join(_ATTEMPT_FIELDS)})"
+    f" VALUES (:run, {', '.join(':' + f for f in _ATTEMPT_FIELDS)})"
+    " ON CONFLICT (run, number) DO UPDATE SET "
+    + ", ".join(f"{f} = excluded.{f}" for f in _ATTEMPT_FIELDS if f != "number")
+)
+
+
+class LedgerError(NixbuildError):
+    """The ledger cannot be opened or written."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    number: int
+    installable: str
+    variant: Variant
+    cores: int
+    max_jobs: int
+    started_at: str
+    duration_s: float | None
+    exit_status: int | None
+    kind: Kind | None  # None: the attempt succeeded
+    rule: str | None
+    drv: str | None
+    explanation: str | None
+    action: str | None  # the decision taken after it, if any
+    delay_s: float | None
+    log: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    id: int
+    run_id: str
+    job: str | None
+    installable: str
+    status: str
+    exit_code: int | None
+    variant: Variant | None
+    started_at: str
+    finished_at: str | None
+    duration_s: float | None
+    run_dir: str | None
+    pid: int | None
+    host: str | None
+    outputs: tuple[str, ...]
+    attempts: tuple[AttemptRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRun:
+    """What ``abandoned_runs`` needs to know about a run still marked running."""
+
+    id: int
+    pid: int | None
+    host: str | None
+
+
+def abandoned_runs(
+    running: Iterable[LiveRun], host: str, is_alive: Callable[[int], bool]
+) -> list[int]:
+    """Ids of runs on this ``host`` whose process is gone.
+
+    Runs of other hosts (a ledger on a shared home directory) and runs without a pid cannot
+    be checked from here and are left alone. A reused pid makes a dead run look alive; that
+    errs on the side of not touching it.
+    """
+    return [r.id for r in running if r.host == host and r.pid is not None and not is_alive(r.pid)]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it just is not ours
+    return True
+
+
+class Ledger:
+    """One connection to the ledger file. Use as a context manager, or call ``close``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = _open(path)
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def schema_version(self) -> int:
+        with self._errors("read"):
+            return _version(self._db)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        run_id: str,
+        installable: str,
+        started_at: str,
+        job: str | None = None,
+        run_dir: str | None = None,
+        pid: int | None = None,
+        host: str | None = None,
+    ) -> int:
+        """Record a run as ``running``; returns its ledger id for the other calls."""
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (run_id, job, installable, status, started_at, run_dir, pid,"
+                " host) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, job, installable, RUNNING, started_at, run_dir, pid, host),
+            )
+            assert cursor.lastrowid is not None  # an INSERT into a rowid table always has one
+            return cursor.lastrowid
+
+    def record_attempt(self, run: int, record: AttemptRecord) -> None:
+        """Store an attempt; recording the same number again replaces it (e.g. once decided)."""
+        d, decision, spec = record.diagnosis, record.decision, record.spec
+        values = {
+            "run": run,
+            "number": record.number,
+            "installable": spec.installable,
+            "variant": str(spec.variant),
+            "cores": spec.cores,
+            "max_jobs": spec.max_jobs,
+            "started_at": record.started_at,
+            "duration_s": record.duration_s,
+            "exit_status": record.exit_status,
+            "kind": None if d is None else str(d.kind),
+            "rule": None if d is None else d.rule,
+            "drv": None if d is None else d.drv,
+            "explanation": None if d is None else d.explanation,
+            "action": None if decision is None else decision.action,
+            "delay_s": None if decision is None else decision.delay_s,
+            "log": record.log,
+        }
+        with self._write() as db:
+            db.execute(_UPSERT_ATTEMPT, values)
+
+    def finish_run(
+        self,
+        run: int,
+        *,
+        status: str,
+        exit_code: int,
+        variant: Variant | None,
+        finished_at: str,
+        duration_s: float,
+        outputs: Sequence[str] = (),
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, exit_code = ?, variant = ?, finished_at = ?,"
+                " duration_s = ?, outputs = ? WHERE id = ?",
+                (
+                    status,
+                    exit_code,
+                    None if variant is None else str(variant),
+                    finished_at,
+                    duration_s,
+                    json.dumps(list(outputs)),
+                    run,
+                ),
+            )
+
+    def mark_abandoned(
+        self,
+        *,
+        host: str,
+        is_alive: Callable[[int], bool] = pid_alive,
+        finished_at: str | None = None,
+    ) -> list[str]:
+        """Runs on ``host`` still ``running`` whose process is gone become ``abandoned``.
+
+        Returns their run ids. The check and the update are one transaction, so two runs
+        starting together do not both report the same abandoned run.
+        """
+        with self._write() as db:
+            live = [
+                LiveRun(id=row[0], pid=row[1], host=row[2])
+                for row in db.execute("SELECT id, pid, host FROM runs WHERE status = ?", (RUNNING,))
+            ]
+            dead = abandoned_runs(live, host, is_alive)
+            marked: list[str] = []
+            for run in dead:
+                db.execute(
+                    "UPDATE runs SET status = ?, finished_at = ? WHERE id = ?",
+                    (ABANDONED, finished_at, run),
+                )
+                marked.append(
+                    db.execute("SELECT run_id FROM runs WHERE id = ?", (run,)).fetchone()[0]
+                )
+            return marked
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def history(
+        self, job: str | None = None, installable: str | None = None, limit: int = 20
+    ) -> list[RunRow]:
+        """The newest ``limit`` runs (newest first), optionally of one job or installable."""
+        where, args = [], []
+        if job is not None:
+            where.append("job = ?")
+            args.append(job)
+        if installable is not None:
+            where.append("installable = ?")
+            args.append(installable)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._errors("read"):
+            # Only fixed column names are interpolated; values are bound parameters.
+            runs = self._db.execute(
+                f"SELECT {', '.join(_RUN_FIELDS)} FROM runs {clause} ORDER BY id DESC LIMIT ?",
+                (*args, max(0, limit)),
+            ).fetchall()
+            return [self._run_row(row) for row in runs]
+
+    def last_good_parallelism(self, installable: str) -> tuple[int, int] | None:
+        """(cores, max_jobs) of the last successful source attempt that followed an OOM in
+        the same run: where the next run of ``installable`` should start (adaptive start)."""
+        with self._errors("read"):
+            row = self._db.execute(
+                "SELECT a.cores, a.max_jobs FROM attempts AS a JOIN runs AS r ON a.run = r.id"
+                " WHERE a.installable = ? AND a.variant = ? AND a.kind IS NULL"
+                " AND a.exit_status = 0 AND EXISTS (SELECT 1 FROM attempts AS o"
+                "   WHERE o.run = a.run AND o.number < a.number AND o.kind = ?)"
+                " ORDER BY r.id DESC, a.number DESC LIMIT 1",
+                (installable, str(Variant.SOURCE), str(Kind.OOM)),
+            ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def _run_row(self, row: sqlite3.Row) -> RunRow:
+        attempts = self._db.execute(
+            f"SELECT {', '.join(_ATTEMPT_FIELDS)} FROM attempts WHERE run = ? ORDER BY number",
+            (row["id"],),
+        ).fetchall()
+        fields = dict(row)
+        fields["variant"] = None if row["variant"] is None else Variant(row["variant"])
+        fields["outputs"] = tuple(json.loads(row["outputs"]))
+        fields["attempts"] = tuple(_attempt_row(a) for a in attempts)
+        return RunRow(**fields)
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front: a concurrent writer waits (busy_timeout)
+        # at BEGIN rather than failing halfway through with "database is locked".
+        with self._errors("write to"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self, verb: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _ledger_error(self.path, verb, exc) from exc
+
+
+def _attempt_row(row: sqlite3.Row) -> AttemptRow:
+    fields = dict(row)
+    fields["variant"] = Variant(row["variant"])
+    fields["kind"] = None if row["kind"] is None else Kind(row["kind"])
+    return AttemptRow(**fields)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LedgerError(
+            f"cannot create the ledger directory {path.parent}: {exc.strerror or exc}",
+            hint="choose a writable state directory",
+        ) from exc
+    if path.is_dir():
+        raise LedgerError(
+            f"the ledger path {path} is a directory",
+            hint="remove it or choose another state directory",
+        )
+    db: sqlite3.Connection | None = None
+    try:
+        # isolation_level=None: no implicit transactions; writes use explicit BEGIN IMMEDIATE.
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA foreign_keys = ON")
+        _migrate(db)
+        # After the schema exists: switching to WAL needs a moment of exclusive access, and
+        # once set it is a property of the file that later connections inherit.
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a run writes little
+    except BaseException as exc:
+        if db is not None:
+            db.close()
+        if isinstance(exc, sqlite3.Error):
+            raise _ledger_error(path, "open", exc) from exc
+        raise
+    return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    # The version check happens inside the write transaction, so two processes creating
+    # the same new file apply each migration exactly once.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+        )
+        version = _version(db)
+        if version > len(_MIGRATIONS):
+            raise LedgerError(
+                f"the ledger was written by a newer nixbuild (schema {version}, this one"
+                f" knows {len(_MIGRATIONS)})",
+                hint="upgrade nixbuild, or move the ledger file aside to start a new one",
+            )
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for statement in _statements(script):
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _version(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would commit our transaction first; the schema has no ';' in literals.
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _ledger_error(path: Path, verb: str, exc: sqlite3.Error) -> LedgerError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+        return LedgerError(
+            f"the ledger {path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s",
+            hint="another nixbuild (or a sqlite3 shell) holds it; close that and retry",
+        )
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "not a database" in text or "malformed" in text or "corrupt" in text
+    ):
+        return LedgerError(
+            f"the ledger {path} is not a readable SQLite database ({text})",
+            hint=f"it only holds run history: move {path.name} aside and nixbuild starts a new one",
+        )
+    if "unable to open" in text or "readonly" in text:
+        return LedgerError(
+            f"cannot {verb} the ledger {path}: {text}",
+            hint="check that the file and its directory are readable and writable",
+        )
+    return LedgerError(
+        f"cannot {verb} the ledger {path}: {text}",
+        hint=f"it only holds run history: move {path.name} aside and nixbuild starts a new one",
+    )
