@@ -1,0 +1,398 @@
+"""Machine facts for preflight: memory, cores, disk, Nix, each with the limit that binds.
+
+A container or a systemd unit sees the host's ``/proc/meminfo``, but the kernel kills at
+its cgroup limit, so memory and cores are the minimum of what the machine has and what our
+cgroup (and every ancestor) allows. Each parser is a pure function over file text; the
+readers take a ``read`` callable (path → text or None) so tests feed recorded files.
+Judging the facts against thresholds and ``--mode`` is ``assess.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import process
+
+Reader = Callable[[str], str | None]
+Runner = Callable[[list[str]], process.Completed]
+
+# cgroup v1 reports "no limit" as a page-rounded LONG_MAX; anything this large is no limit.
+_NO_LIMIT = 1 << 60
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:  # noqa: PTH123 - str paths
+            return f.read()
+    except OSError:
+        return None
+
+
+# --- pure parsers ------------------------------------------------------------------------
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """``/proc/meminfo`` → {field: bytes}."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            unit = parts[1].lower() if len(parts) > 1 else ""
+            out[key.strip()] = int(parts[0]) * (1024 if unit == "kb" else 1)
+    return out
+
+
+def parse_limit(text: str | None) -> int | None:
+    """``memory.max`` / ``memory.limit_in_bytes`` → bytes, None for no limit."""
+    if text is None:
+        return None
+    value = text.strip()
+    if not value.isdigit():
+        return None  # "max", empty, garbage
+    number = int(value)
+    return None if number >= _NO_LIMIT else number
+
+
+def parse_int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = text.strip()
+    return int(value) if value.lstrip("-").isdigit() else None
+
+
+def parse_cpu_max(text: str | None) -> float | None:
+    """cgroup v2 ``cpu.max`` ("200000 100000") → 2.0 cores; None for "max"."""
+    if text is None:
+        return None
+    parts = text.split()
+    if len(parts) != 2 or not parts[0].isdigit() or not parts[1].isdigit() or int(parts[1]) == 0:
+        return None
+    return int(parts[0]) / int(parts[1])
+
+
+def parse_cfs_quota(quota: str | None, period: str | None) -> float | None:
+    """cgroup v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``; quota -1 means none."""
+    q, p = parse_int(quota), parse_int(period)
+    if q is None or p is None or q <= 0 or p <= 0:
+        return None
+    return q / p
+
+
+def parse_flat_keyed(text: str | None) -> dict[str, int]:
+    """``memory.events`` / ``memory.oom_control`` style "key value" lines."""
+    out: dict[str, int] = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupMount:
+    version: int  # 1 or 2
+    mountpoint: str
+    root: str  # the cgroup path mounted there (not "/" when a subtree is bind-mounted)
+    controllers: frozenset[str]
+
+
+def parse_mountinfo(text: str) -> list[CgroupMount]:
+    mounts = []
+    for line in text.splitlines():
+        pre, sep, post = line.partition(" - ")
+        fields, tail = pre.split(), post.split()
+        if not sep or len(fields) < 5 or len(tail) < 3:
+            continue
+        if tail[0] == "cgroup2":
+            mounts.append(CgroupMount(2, fields[4], fields[3], frozenset()))
+        elif tail[0] == "cgroup":
+            mounts.append(CgroupMount(1, fields[4], fields[3], frozenset(tail[2].split(","))))
+    return mounts
+
+
+def parse_self_cgroup(text: str) -> tuple[str | None, dict[str, str]]:
+    """``/proc/self/cgroup`` → (v2 path, {v1 controller: path})."""
+    v2: str | None = None
+    v1: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            v2 = path
+        else:
+            for controller in controllers.split(","):
+                v1[controller] = path
+    return v2, v1
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupDirs:
+    """Our cgroup directory per concern, plus its ancestors up to the mount (nearest first)."""
+
+    version: int
+    memory: tuple[str, ...]
+    cpu: tuple[str, ...]
+
+
+def _chain(mount: CgroupMount, path: str) -> tuple[str, ...]:
+    rel = path
+    if mount.root != "/" and (path == mount.root or path.startswith(mount.root + "/")):
+        rel = path[len(mount.root) :]
+    parts = [p for p in rel.split("/") if p and p != ".."]
+    return tuple(
+        os.path.join(mount.mountpoint, *parts[:n])  # noqa: PTH118 - plain strings
+        for n in range(len(parts), -1, -1)
+    )
+
+
+def locate_cgroups(mountinfo: str, self_cgroup: str) -> CgroupDirs | None:
+    """Prefer a v2 mount that has the memory controller, else v1 memory/cpu hierarchies."""
+    mounts = parse_mountinfo(mountinfo)
+    v2_path, v1_paths = parse_self_cgroup(self_cgroup)
+    v1_mem = next((m for m in mounts if m.version == 1 and "memory" in m.controllers), None)
+    if v1_mem is None and v2_path is not None:
+        v2 = next((m for m in mounts if m.version == 2), None)
+        if v2 is not None:
+            chain = _chain(v2, v2_path)
+            return CgroupDirs(2, chain, chain)
+    if v1_mem is not None and "memory" in v1_paths:
+        v1_cpu = next((m for m in mounts if m.version == 1 and "cpu" in m.controllers), None)
+        cpu = _chain(v1_cpu, v1_paths["cpu"]) if v1_cpu and "cpu" in v1_paths else ()
+        return CgroupDirs(1, _chain(v1_mem, v1_paths["memory"]), cpu)
+    return None
+
+
+# --- readers -----------------------------------------------------------------------------
+
+
+def cgroup_dirs(read: Reader = read_text) -> CgroupDirs | None:
+    mountinfo, self_cgroup = read("/proc/self/mountinfo"), read("/proc/self/cgroup")
+    if mountinfo is None or self_cgroup is None:
+        return None
+    return locate_cgroups(mountinfo, self_cgroup)
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    total_bytes: int
+    available_bytes: int
+    cgroup_limit_bytes: int | None
+
+
+def read_memory(read: Reader = read_text) -> Memory:
+    info = parse_meminfo(read("/proc/meminfo") or "")
+    total = info.get("MemTotal", 0)
+    available = info.get("MemAvailable", info.get("MemFree", 0))
+    dirs = cgroup_dirs(read)
+    limit: int | None = None
+    if dirs is not None:
+        limit_file, usage_file = (
+            ("memory.max", "memory.current")
+            if dirs.version == 2
+            else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        )
+        for d in dirs.memory:
+            level_limit = parse_limit(read(f"{d}/{limit_file}"))
+            if level_limit is None:
+                continue
+            limit = level_limit if limit is None else min(limit, level_limit)
+            used = parse_int(read(f"{d}/{usage_file}")) or 0
+            available = min(available, max(0, level_limit - used))
+    return Memory(
+        total_bytes=min(total, limit) if limit is not None and total else (limit or total),
+        available_bytes=available,
+        cgroup_limit_bytes=limit,
+    )
+
+
+def available_memory() -> int:
+    """Bytes a build may still allocate (host and cgroup); the watchdog polls this."""
+    return read_memory().available_bytes
+
+
+def read_oom_kill_count(read: Reader = read_text) -> int | None:
+    """The kernel's count of OOM kills in our cgroup; None where the kernel does not say."""
+    dirs = cgroup_dirs(read)
+    if dirs is None or not dirs.memory:
+        return None
+    name = "memory.events" if dirs.version == 2 else "memory.oom_control"
+    return parse_flat_keyed(read(f"{dirs.memory[0]}/{name}")).get("oom_kill")
+
+
+def read_cpu_quota(read: Reader = read_text) -> float | None:
+    dirs = cgroup_dirs(read)
+    quotas: list[float] = []
+    for d in dirs.cpu if dirs else ():
+        if dirs is not None and dirs.version == 2:
+            quota = parse_cpu_max(read(f"{d}/cpu.max"))
+        else:
+            quota = parse_cfs_quota(read(f"{d}/cpu.cfs_quota_us"), read(f"{d}/cpu.cfs_period_us"))
+        if quota is not None:
+            quotas.append(quota)
+    return min(quotas) if quotas else None
+
+
+def usable_cores(affinity: int, quota: float | None) -> int:
+    if quota is None:
+        return max(1, affinity)
+    return max(1, min(affinity, math.ceil(quota)))
+
+
+def existing_ancestor(path: Path) -> Path:
+    """The path itself or its nearest existing parent (the store may not exist yet)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def free_bytes(path: Path) -> int | None:
+    try:
+        st = os.statvfs(existing_ancestor(path))
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+# --- nix ---------------------------------------------------------------------------------
+
+
+def parse_nix_version(text: str) -> str | None:
+    words = text.split()
+    return words[-1] if words and words[-1][:1].isdigit() else None
+
+
+def parse_nix_config(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep and key and " " not in key.strip():
+            out[key.strip()] = value.strip()
+    return out
+
+
+def store_mode(nix_remote: str | None, state_writable: bool, daemon_socket: bool) -> str:
+    """Whether nix talks to a daemon or opens the store itself (nix's own "auto" rule)."""
+    if nix_remote in ("daemon",) or (nix_remote or "").startswith("unix://"):
+        return "daemon"
+    if nix_remote in (None, "", "auto") and not state_writable and daemon_socket:
+        return "daemon"
+    return "local"
+
+
+def options_honoured(
+    mode: str, user: str, groups: frozenset[str], trusted_users: str | None
+) -> tuple[bool | None, str]:
+    """Whether ``--option`` settings reach the builder. (honoured, why)."""
+    if mode == "local":
+        return True, "nix opens the store itself, so every --option applies"
+    if trusted_users is None:
+        return None, "could not read the daemon's trusted-users"
+    entries = set(trusted_users.split())
+    if "*" in entries or user in entries or any(f"@{g}" in entries for g in groups):
+        return True, f"{user} is a trusted user of the nix daemon"
+    return False, (
+        f"{user} is not in the daemon's trusted-users: cores and max-jobs still apply, "
+        "restricted settings (substituters, sandbox, …) are ignored"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MachineFacts:
+    mem_total_bytes: int
+    mem_available_bytes: int
+    cgroup_memory_limit_bytes: int | None
+    cpu_affinity: int
+    cpu_quota: float | None
+    cores: int
+    store_dir: str
+    store_free_bytes: int | None
+    build_dir: str
+    build_free_bytes: int | None
+    nix_version: str | None
+    nix_store_mode: str | None
+    nix_options_honoured: bool | None
+    nix_trust_reason: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _run(runner: Runner, argv: list[str]) -> process.Completed | None:
+    try:
+        return runner(argv)
+    except process.CommandNotFound:
+        return None
+    except Exception:  # a probe must not crash preflight; the fact stays unknown
+        return None
+
+
+def _user_and_groups() -> tuple[str, frozenset[str]]:
+    import grp  # noqa: PLC0415 - POSIX only, like the rest of nixbuild
+    import pwd  # noqa: PLC0415
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    names = set()
+    for gid in os.getgroups():
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return user, frozenset(names)
+
+
+def collect_facts(
+    env: Mapping[str, str] | None = None,
+    *,
+    read: Reader = read_text,
+    run: Runner | None = None,
+) -> MachineFacts:
+    env = os.environ if env is None else env
+    runner: Runner = run or (lambda argv: process.run_capture(argv, timeout=30))
+    memory = read_memory(read)
+    affinity = len(os.sched_getaffinity(0))
+    quota = read_cpu_quota(read)
+    store = Path(env.get("NIX_STORE_DIR") or "/nix/store")
+    build = Path(env.get("TMPDIR") or "/tmp")  # nix's own default build dir
+
+    version = config = mode = None
+    honoured: bool | None = None
+    reason = "nix is not installed"
+    done = _run(runner, ["nix", "--version"])
+    if done is not None and done.ok:
+        version = parse_nix_version(done.stdout)
+        shown = _run(runner, ["nix", "--extra-experimental-features", "nix-command", "show-config"])
+        if shown is None or not shown.ok:
+            shown = _run(runner, ["nix", "config", "show"])
+        config = parse_nix_config(shown.stdout) if shown is not None and shown.ok else {}
+        state_dir = Path(env.get("NIX_STATE_DIR") or "/nix/var/nix")
+        mode = store_mode(
+            env.get("NIX_REMOTE"),
+            os.access(existing_ancestor(state_dir), os.W_OK),
+            (state_dir / "daemon-socket" / "socket").exists(),
+        )
+        user, groups = _user_and_groups()
+        honoured, reason = options_honoured(mode, user, groups, config.get("trusted-users"))
+    return MachineFacts(
+        mem_total_bytes=memory.total_bytes,
+        mem_available_bytes=memory.available_bytes,
+        cgroup_memory_limit_bytes=memory.cgroup_limit_bytes,
+        cpu_affinity=affinity,
+        cpu_quota=quota,
+        cores=usable_cores(affinity, quota),
+        store_dir=str(store),
+        store_free_bytes=free_bytes(store),
+        build_dir=str(build),
+        build_free_bytes=free_bytes(build),
+        nix_version=version,
+        nix_store_mode=mode,
+        nix_options_honoured=honoured,
+        nix_trust_reason=reason,
+    )
