@@ -1,0 +1,129 @@
+"""Memory watchdog: pure polls with an injected reader, and a real memory-hungry process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+from nixbuild import probe
+from nixbuild.watchdog import MemoryWatchdog, MiB, default_threshold
+
+GiB = 1024**3
+
+
+def readings(*values_mib: int) -> Iterator[int]:
+    yield from (v * MiB for v in values_mib)
+
+
+def test_trips_once_below_threshold() -> None:
+    values = readings(1000, 500, 180, 50)
+    trips: list[str] = []
+    dog = MemoryWatchdog(256 * MiB, trips.append, read_available=lambda: next(values))
+    assert dog.check() is None
+    assert dog.check() is None
+    evidence = dog.check()
+    assert evidence == (
+        "memory watchdog: available memory 180 MiB < 256 MiB threshold, stopped the build"
+    )
+    assert dog.check() is None  # once only
+    assert trips == [evidence]
+    assert dog.tripped == evidence
+
+
+def test_unreadable_memory_is_not_a_trip() -> None:
+    def broken() -> int:
+        raise OSError("no /proc")
+
+    dog = MemoryWatchdog(256 * MiB, lambda _: None, read_available=broken)
+    assert dog.check() is None
+    assert dog.tripped is None
+
+
+def test_thread_polls_with_injected_sleep() -> None:
+    values = readings(900, 800, 700, 100)
+    slept: list[float] = []
+    tripped = threading.Event()
+    dog = MemoryWatchdog(
+        256 * MiB,
+        lambda _: tripped.set(),
+        read_available=lambda: next(values),
+        read_oom_kills=lambda: None,
+        interval_s=2.5,
+        sleep=slept.append,
+    )
+    with dog:
+        assert tripped.wait(timeout=30)
+    assert slept == [2.5, 2.5, 2.5]
+    assert dog.tripped is not None
+    assert "100 MiB < 256 MiB" in dog.tripped
+
+
+def test_default_threshold() -> None:
+    assert default_threshold(4 * GiB) == 256 * MiB
+    assert default_threshold(64 * GiB) == int(64 * GiB * 0.03)
+
+
+def test_oom_kill_delta() -> None:
+    counter = iter([3, 3, 5])
+    dog = MemoryWatchdog(
+        1, lambda _: None, read_available=lambda: GiB, read_oom_kills=lambda: next(counter)
+    )
+    dog.start()
+    dog.stop()
+    assert dog.oom_kills_at_start == 3
+    assert dog.oom_kill_delta() == 0
+    assert dog.oom_kill_report() == (
+        "kernel OOM killer: 2 process(es) killed in nixbuild's cgroup during the attempt "
+        "(oom_kill 3 → 5)"
+    )
+
+
+def test_oom_kill_unavailable() -> None:
+    dog = MemoryWatchdog(1, lambda _: None, read_available=lambda: GiB, read_oom_kills=lambda: None)
+    dog.start()
+    dog.stop()
+    assert dog.oom_kill_delta() is None
+    assert dog.oom_kill_report() is None
+
+
+HOG = """
+import sys, time
+block = b"\\x01" * int(sys.argv[1])  # every page written, so it counts against MemAvailable
+print("allocated", flush=True)
+time.sleep(600)
+"""
+
+
+def test_real_memory_hog_trips_the_watchdog() -> None:
+    """Real /proc/meminfo: a threshold just under current availability, then a process that
+    allocates more than the margin. The on_trip callback stops it, as the supervisor would."""
+    margin, hog_bytes = 300 * MiB, 1200 * MiB
+    threshold = probe.available_memory() - margin
+    hog: subprocess.Popen[str] | None = None
+    tripped = threading.Event()
+
+    def stop_the_build(_evidence: str) -> None:
+        if hog is not None:
+            hog.send_signal(signal.SIGKILL)
+        tripped.set()
+
+    dog = MemoryWatchdog(threshold, stop_the_build, interval_s=0.05)
+    hog = subprocess.Popen(
+        [sys.executable, "-c", HOG, str(hog_bytes)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        with dog:
+            assert hog.stdout is not None
+            hog.stdout.readline()  # returns "allocated", or "" if the watchdog killed it first
+            assert tripped.wait(timeout=60), "available memory never fell below the threshold"
+        assert hog.wait(timeout=30) == -signal.SIGKILL
+        assert dog.tripped is not None
+        assert dog.tripped.startswith("memory watchdog: available memory ")
+        assert f"< {threshold // MiB} MiB threshold, stopped the build" in dog.tripped
+    finally:
+        if hog.poll() is None:
+            hog.kill()
+        hog.wait()
