@@ -16,12 +16,13 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
 
 from .errors import NixbuildError
 from .model import AttemptRecord, Kind, Variant
+from .policy import format_delay
 
 LEDGER_FILENAME = "ledger.sqlite3"
 BUSY_TIMEOUT_MS = 30_000
@@ -33,20 +34,10 @@ ABANDONED = "abandoned"
 _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE runs (
-        id INTEGER PRIMARY KEY,
-        run_id TEXT NOT NULL UNIQUE,
-        job TEXT,
-        installable TEXT NOT NULL,
-        status TEXT NOT NULL,
-        exit_code INTEGER,
-        variant TEXT,
-        started_at TEXT NOT NULL,
-        finished_at TEXT,
-        duration_s REAL,
-        run_dir TEXT,
-        pid INTEGER,
-        host TEXT,
-        outputs TEXT NOT NULL DEFAULT '[]'
+        id INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE, job TEXT,
+        installable TEXT NOT NULL, status TEXT NOT NULL, exit_code INTEGER, variant TEXT,
+        started_at TEXT NOT NULL, finished_at TEXT, duration_s REAL, run_dir TEXT,
+        pid INTEGER, host TEXT, outputs TEXT NOT NULL DEFAULT '[]'
     );
     CREATE INDEX runs_by_job ON runs (job, id);
     CREATE INDEX runs_by_installable ON runs (installable, id);
@@ -54,42 +45,14 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE attempts (
         id INTEGER PRIMARY KEY,
         run INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-        number INTEGER NOT NULL,
-        installable TEXT NOT NULL,
-        variant TEXT NOT NULL,
-        cores INTEGER NOT NULL,
-        max_jobs INTEGER NOT NULL,
-        started_at TEXT NOT NULL,
-        duration_s REAL,
-        exit_status INTEGER,
-        kind TEXT,
-        rule TEXT,
-        drv TEXT,
-        explanation TEXT,
-        action TEXT,
-        delay_s REAL,
-        log TEXT,
+        number INTEGER NOT NULL, installable TEXT NOT NULL, variant TEXT NOT NULL,
+        cores INTEGER NOT NULL, max_jobs INTEGER NOT NULL, started_at TEXT NOT NULL,
+        duration_s REAL, exit_status INTEGER, kind TEXT, rule TEXT, drv TEXT,
+        explanation TEXT, action TEXT, delay_s REAL, log TEXT,
         UNIQUE (run, number)
     );
     CREATE INDEX attempts_by_installable ON attempts (installable, variant);
     """,
-)
-
-# Column order of the row dataclasses below; the SQL is built from these fixed names.
-_RUN_FIELDS = (
-    "id", "run_id", "job", "installable", "status", "exit_code", "variant", "started_at",
-    "finished_at", "duration_s", "run_dir", "pid", "host", "outputs",
-)  # fmt: skip
-_ATTEMPT_FIELDS = (
-    "number", "installable", "variant", "cores", "max_jobs", "started_at", "duration_s",
-    "exit_status", "kind", "rule", "drv", "explanation", "action", "delay_s", "log",
-)  # fmt: skip
-# Recording an attempt twice (before and after its decision) updates it in place.
-_UPSERT_ATTEMPT = (
-    f"INSERT INTO attempts (run, {', '.join(_ATTEMPT_FIELDS)})"
-    f" VALUES (:run, {', '.join(':' + f for f in _ATTEMPT_FIELDS)})"
-    " ON CONFLICT (run, number) DO UPDATE SET "
-    + ", ".join(f"{f} = excluded.{f}" for f in _ATTEMPT_FIELDS if f != "number")
 )
 
 
@@ -135,6 +98,18 @@ class RunRow:
     attempts: tuple[AttemptRow, ...]
 
 
+# The SQL reads and writes exactly the columns these rows have, in their order.
+_RUN_FIELDS = tuple(f.name for f in fields(RunRow) if f.name != "attempts")
+_ATTEMPT_FIELDS = tuple(f.name for f in fields(AttemptRow))
+# Recording an attempt twice (before and after its decision) updates it in place.
+_UPSERT_ATTEMPT = (
+    f"INSERT INTO attempts (run, {', '.join(_ATTEMPT_FIELDS)})"
+    f" VALUES (:run, {', '.join(':' + f for f in _ATTEMPT_FIELDS)})"
+    " ON CONFLICT (run, number) DO UPDATE SET "
+    + ", ".join(f"{f} = excluded.{f}" for f in _ATTEMPT_FIELDS if f != "number")
+)
+
+
 @dataclass(frozen=True, slots=True)
 class LiveRun:
     """What ``abandoned_runs`` needs to know about a run still marked running."""
@@ -154,6 +129,27 @@ def abandoned_runs(
     errs on the side of not touching it.
     """
     return [r.id for r in running if r.host == host and r.pid is not None and not is_alive(r.pid)]
+
+
+def describe_run(row: RunRow) -> str:
+    """One line of `nixbuild history`: when, which run, the outcome and the attempt chain.
+
+    ``2026-12-04T01:30:00+00:00  20261204T013000-4f2a  torch  success (source, exit 0) in
+    1 h 28 min: oom@8/1 → ok@4/1`` (each attempt as outcome@cores/max-jobs; ``bin:`` marks the
+    prebuilt variant).
+    """
+    outcome = row.status
+    if row.exit_code is not None:
+        variant = f"{row.variant}, " if row.variant is not None else ""
+        outcome += f" ({variant}exit {row.exit_code})"
+    if row.duration_s is not None:
+        outcome += f" in {format_delay(row.duration_s)}"
+    chain = " → ".join(
+        f"{'bin:' if a.variant is Variant.BIN else ''}{a.kind or 'ok'}@{a.cores}/{a.max_jobs}"
+        for a in row.attempts
+    )
+    name = row.job or row.installable
+    return f"{row.started_at}  {row.run_id}  {name}  {outcome}" + (f": {chain}" if chain else "")
 
 
 def pid_alive(pid: int) -> bool:
@@ -335,11 +331,11 @@ class Ledger:
             f"SELECT {', '.join(_ATTEMPT_FIELDS)} FROM attempts WHERE run = ? ORDER BY number",
             (row["id"],),
         ).fetchall()
-        fields = dict(row)
-        fields["variant"] = None if row["variant"] is None else Variant(row["variant"])
-        fields["outputs"] = tuple(json.loads(row["outputs"]))
-        fields["attempts"] = tuple(_attempt_row(a) for a in attempts)
-        return RunRow(**fields)
+        values = dict(row)
+        values["variant"] = None if row["variant"] is None else Variant(row["variant"])
+        values["outputs"] = tuple(json.loads(row["outputs"]))
+        values["attempts"] = tuple(_attempt_row(a) for a in attempts)
+        return RunRow(**values)
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -365,10 +361,10 @@ class Ledger:
 
 
 def _attempt_row(row: sqlite3.Row) -> AttemptRow:
-    fields = dict(row)
-    fields["variant"] = Variant(row["variant"])
-    fields["kind"] = None if row["kind"] is None else Kind(row["kind"])
-    return AttemptRow(**fields)
+    values = dict(row)
+    values["variant"] = Variant(row["variant"])
+    values["kind"] = None if row["kind"] is None else Kind(row["kind"])
+    return AttemptRow(**values)
 
 
 def _open(path: Path) -> sqlite3.Connection:

@@ -20,6 +20,7 @@ from nixbuild.ledger import (
     LedgerError,
     LiveRun,
     abandoned_runs,
+    describe_run,
     pid_alive,
 )
 from nixbuild.model import (
@@ -132,6 +133,28 @@ def test_round_trip(tmp_path: Path) -> None:
         60.0,
     )
     assert (second.kind, second.action, second.exit_status, second.cores) == (None, None, 0, 4)
+
+
+def test_describe_run_gives_one_history_line(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "l.sqlite3") as ledger:
+        store_run(
+            ledger,
+            "20261204T013000-4f2a",
+            [
+                attempt(1, 8, Kind.OOM),
+                attempt(2, 4, Kind.OOM),
+                attempt(3, 4, None, installable=TORCH_BIN, variant=Variant.BIN),
+            ],
+            job="torch",
+            status="fallback",
+        )
+        ledger.start_run(run_id="20261205T013000-0b1c", installable=TORCH, started_at="t0")
+        unfinished, done = ledger.history()
+    assert describe_run(done) == (
+        "2026-12-04T01:00:00+00:00  20261204T013000-4f2a  torch  fallback (bin, exit 0)"
+        " in 2 h: oom@8/1 → oom@4/1 → bin:ok@4/1"
+    )
+    assert describe_run(unfinished) == f"t0  20261205T013000-0b1c  {TORCH}  running"
 
 
 def test_recording_an_attempt_again_updates_it(tmp_path: Path) -> None:
