@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 import tenacity
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nixbuild.errors import ConfigError, ExitCode
 from nixbuild.model import AttemptRecord, AttemptSpec, Decision, Diagnosis, Kind, Variant
@@ -447,3 +449,63 @@ def test_decision_lines_from_real_decisions() -> None:
 )
 def test_format_delay(seconds: float, text: str) -> None:
     assert format_delay(seconds) == text
+
+
+# --- properties over any history --------------------------------------------------------------
+
+ANY_KIND = st.sampled_from(list(Kind))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kinds=st.lists(ANY_KIND, min_size=1, max_size=12),
+    cores=st.integers(1, 16),
+    max_jobs=st.integers(1, 4),
+    with_fallback=st.booleans(),
+    gc=st.booleans(),
+    max_attempts=st.integers(1, 8),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_run_ends_within_budget_and_never_climbs(
+    *,
+    kinds: list[Kind],
+    cores: int,
+    max_jobs: int,
+    with_fallback: bool,
+    gc: bool,
+    max_attempts: int,
+    seed: int,
+) -> None:
+    cfg = PolicyConfig(
+        fallback=BIN if with_fallback else None, gc_allowed=gc, max_attempts=max_attempts
+    )
+    rng = random.Random(seed)
+    history: list[AttemptRecord] = []
+    spec: AttemptSpec | None = AttemptSpec(SOURCE.installable, cores, max_jobs)
+    for kind in kinds:
+        if spec is None:
+            break
+        d = diag(kind)
+        decision = decide(d, history, spec, cfg, rng)
+        assert decision.delay_s >= 0
+        if decision.action == GIVE_UP:
+            assert decision.next is None
+            assert decision.reason
+        else:
+            assert decision.next is not None
+            assert len(history) + 2 <= max_attempts  # a next attempt fits the budget
+            assert decision.delay_s <= cfg.network_cap_s
+            if decision.action == FALLBACK:
+                assert spec.variant is Variant.SOURCE  # the fallback never falls back again
+                assert decision.next.variant is Variant.BIN
+            else:
+                assert decision.next.variant is spec.variant
+                assert decision.next.cores <= spec.cores  # parallelism never climbs
+                assert decision.next.max_jobs <= spec.max_jobs
+        if kind in {Kind.HASH, Kind.EVAL, Kind.INTERRUPTED, Kind.UNKNOWN}:
+            assert decision.action == GIVE_UP
+        history.append(record(len(history) + 1, spec, d, decision))
+        spec = decision.next
+    assert len(history) <= max_attempts
+    code = exit_code_for(history, succeeded=False)
+    assert code in {ExitCode.FAILED, ExitCode.TRANSIENT, ExitCode.SIGINT, ExitCode.SIGTERM}
