@@ -1,0 +1,273 @@
+"""A tolerant, typed view of the run summary dict, and the wording every report shares.
+
+The run summary (``summary.json``, schema 1 in the design notes) is a plain dict written by
+the supervisor, maybe by an older version, maybe cut short by a crash. ``read_summary`` turns
+it into frozen dataclasses where a missing or mistyped optional key becomes None or empty, so
+no renderer (report.py, ciformat.py) ever has to guard a lookup or can crash on one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
+# Other control characters (BEL, backspace, a stray ESC…): a report shows none of them.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
+# --- a tolerant, typed view of the summary dict ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceView:
+    line: int | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosisView:
+    kind: str
+    rule: str
+    explanation: str
+    drv: str | None
+    evidence: tuple[EvidenceView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionView:
+    action: str
+    delay_s: float | None
+    reason: str
+    next_installable: str | None
+    next_variant: str | None
+    next_cores: int | None
+    next_max_jobs: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptView:
+    number: int
+    installable: str
+    variant: str
+    cores: int | None
+    max_jobs: int | None
+    command: tuple[str, ...]
+    started_at: str | None
+    duration_s: float | None
+    exit_status: int | None
+    diagnosis: DiagnosisView | None
+    decision: DecisionView | None
+    log: str | None
+
+    @property
+    def failed(self) -> bool:
+        return self.diagnosis is not None or (self.exit_status not in (0, None))
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    schema: int | None
+    run_id: str
+    job: str | None
+    installable: str
+    status: str
+    exit_code: int | None
+    variant: str
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    outputs: tuple[str, ...]
+    attempts: tuple[AttemptView, ...]
+
+    @property
+    def failing_attempt(self) -> AttemptView | None:
+        """The last attempt that failed: the one whose log tail a report shows."""
+        failed = [a for a in self.attempts if a.failed]
+        return failed[-1] if failed else None
+
+
+def _str(d: Mapping[str, Any], key: str, default: str = "") -> str:
+    value = d.get(key)
+    return value if isinstance(value, str) else default
+
+
+def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
+    value = d.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
+    value = d.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _opt_float(d: Mapping[str, Any], key: str) -> float | None:
+    value = d.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _map(d: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    value = d.get(key)
+    return value if isinstance(value, Mapping) else None
+
+
+def seq(d: Mapping[str, Any], key: str) -> list[Any]:
+    value = d.get(key)
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _read_diagnosis(d: Mapping[str, Any] | None) -> DiagnosisView | None:
+    if d is None:
+        return None
+    evidence = tuple(
+        EvidenceView(_opt_int(e, "line"), clean_text(_str(e, "text")))
+        for e in seq(d, "evidence")
+        if isinstance(e, Mapping)
+    )
+    return DiagnosisView(
+        kind=_str(d, "kind", "unknown"),
+        rule=_str(d, "rule"),
+        explanation=clean_text(_str(d, "explanation")),
+        drv=_opt_str(d, "drv"),
+        evidence=evidence,
+    )
+
+
+def _read_decision(d: Mapping[str, Any] | None) -> DecisionView | None:
+    if d is None:
+        return None
+    nxt = _map(d, "next") or {}
+    return DecisionView(
+        action=_str(d, "action", "unknown"),
+        delay_s=_opt_float(d, "delay_s"),
+        reason=clean_text(_str(d, "reason")),
+        next_installable=_opt_str(nxt, "installable"),
+        next_variant=_opt_str(nxt, "variant"),
+        next_cores=_opt_int(nxt, "cores"),
+        next_max_jobs=_opt_int(nxt, "max_jobs"),
+    )
+
+
+def _read_attempt(d: Mapping[str, Any], index: int, run_installable: str) -> AttemptView:
+    return AttemptView(
+        number=_opt_int(d, "number") or index,
+        installable=_str(d, "installable", run_installable),
+        variant=_str(d, "variant", "source"),
+        cores=_opt_int(d, "cores"),
+        max_jobs=_opt_int(d, "max_jobs"),
+        command=tuple(str(a) for a in seq(d, "command")),
+        started_at=_opt_str(d, "started_at"),
+        duration_s=_opt_float(d, "duration_s"),
+        exit_status=_opt_int(d, "exit_status"),
+        diagnosis=_read_diagnosis(_map(d, "diagnosis")),
+        decision=_read_decision(_map(d, "decision")),
+        log=_opt_str(d, "log"),
+    )
+
+
+def read_summary(summary: Mapping[str, Any]) -> RunView:
+    """A typed view of a summary dict; missing optional keys become None or empty."""
+    installable = _str(summary, "installable", "?")
+    attempts = tuple(
+        _read_attempt(a, i, installable)
+        for i, a in enumerate(seq(summary, "attempts"), start=1)
+        if isinstance(a, Mapping)
+    )
+    return RunView(
+        schema=_opt_int(summary, "schema"),
+        run_id=_str(summary, "run_id"),
+        job=_opt_str(summary, "job"),
+        installable=installable,
+        status=_str(summary, "status", "unknown"),
+        exit_code=_opt_int(summary, "exit_code"),
+        variant=_str(summary, "variant", attempts[-1].variant if attempts else "source"),
+        started_at=_opt_str(summary, "started_at"),
+        finished_at=_opt_str(summary, "finished_at"),
+        duration_s=_opt_float(summary, "duration_s"),
+        outputs=tuple(str(o) for o in seq(summary, "outputs")),
+        attempts=attempts,
+    )
+
+
+# --- small shared wording -----------------------------------------------------------------
+
+
+def clean_text(text: str) -> str:
+    """Drop terminal escape sequences and control characters: reports never carry ANSI."""
+    return _CONTROL.sub("", _ANSI.sub("", text))
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.0f}s" if seconds == int(seconds) else f"{seconds:.1f}s"
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    return f"{minutes}m {secs:02d}s"
+
+
+def describe_options(attempt: AttemptView) -> str:
+    cores = "?" if attempt.cores is None else str(attempt.cores)
+    jobs = "?" if attempt.max_jobs is None else str(attempt.max_jobs)
+    return f"cores {cores}, max-jobs {jobs}"
+
+
+def describe_diagnosis(diagnosis: DiagnosisView | None) -> str:
+    if diagnosis is None:
+        return "ok"
+    rule = f" ({diagnosis.rule})" if diagnosis.rule else ""
+    return f"{diagnosis.kind}{rule}"
+
+
+def describe_decision(decision: DecisionView | None) -> str:
+    if decision is None:
+        return "done"
+    after = ""
+    if decision.delay_s:
+        after = f" after {format_duration(decision.delay_s)}"
+    match decision.action:
+        case "retry":
+            text = f"retry{after}"
+        case "degrade":
+            cores = "?" if decision.next_cores is None else decision.next_cores
+            jobs = "?" if decision.next_max_jobs is None else decision.next_max_jobs
+            text = f"degrade to cores {cores}, max-jobs {jobs}{after}"
+        case "gc_then_retry":
+            text = f"collect garbage, then retry{after}"
+        case "fallback":
+            target = decision.next_installable or "the -bin variant"
+            text = f"fall back to {target}{after}"
+        case "give_up":
+            text = "give up"
+        case other:
+            text = f"{other}{after}"
+    return f"{text}: {decision.reason}" if decision.reason else text
+
+
+def headline(run: RunView) -> str:
+    """One line: what happened, for titles and the first line of every report."""
+    count = len(run.attempts)
+    attempts = f"{count} attempt" + ("" if count == 1 else "s")
+    took = format_duration(run.duration_s)
+    match run.status:
+        case "success":
+            return f"built {run.installable} ({run.variant}) in {took} after {attempts}"
+        case "fallback":
+            return f"built {run.installable} only through the {run.variant} fallback ({attempts})"
+        case "failed":
+            return f"failed to build {run.installable} after {attempts} ({took})"
+        case "interrupted":
+            return f"interrupted while building {run.installable} ({attempts})"
+        case "refused":
+            return f"refused to build {run.installable}: preflight checks failed"
+        case other:
+            return f"{other}: {run.installable} ({attempts})"
