@@ -32,6 +32,7 @@ from .errors import ExitCode, NixbuildError, UsageError
 SERVICE_TEMPLATE = "nixbuild@.service"
 TIMER_TEMPLATE = "nixbuild@.timer"
 CALENDAR_DROPIN = "calendar.conf"
+WORKDIR_DROPIN = "workdir.conf"
 DEFAULT_ON_CALENDAR = "*-*-* 01:30:00"
 
 # Characters that need no systemd escaping in an instance name; anything else (notably "/",
@@ -119,6 +120,15 @@ def render_service(template: str, command: Sequence[str], path: str) -> str:
     )
 
 
+def render_workdir_dropin(workdir: Path) -> str:
+    # The job's config file (./nixbuild.toml), its flake (.#default) and ./logs are relative
+    # to where the user ran `service install`, exactly as in an interactive run.
+    return (
+        "# Written by `nixbuild service install`: the directory it was run from.\n"
+        f"[Service]\nWorkingDirectory={unit_quote(str(workdir))}\n"
+    )
+
+
 def render_calendar_dropin(on_calendar: str) -> str:
     # The empty assignment clears the template's default before setting the job's own.
     return (
@@ -151,6 +161,7 @@ def plan_unit_files(
     on_calendar: str,
     command: Sequence[str],
     path: str,
+    workdir: Path,
     source_dir: Path | None = None,
 ) -> UnitFiles:
     src = source_dir or unit_source_dir()
@@ -161,6 +172,7 @@ def plan_unit_files(
             (SERVICE_TEMPLATE, service),
             (TIMER_TEMPLATE, timer),
             (f"{timer_unit(job)}.d/{CALENDAR_DROPIN}", render_calendar_dropin(on_calendar)),
+            (f"{service_unit(job)}.d/{WORKDIR_DROPIN}", render_workdir_dropin(workdir)),
         )
     )
 
