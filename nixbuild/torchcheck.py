@@ -49,8 +49,10 @@ dists = set()
 for dist in md.distributions():
     name = (dist.metadata["Name"] or "").lower().replace("_", "-")
     if name in ("torch", "torch-bin", "pytorch"):
-        dists.add((dist.metadata["Name"], dist.version))
-facts["torch_distributions"] = sorted("%s %s" % d for d in dists)
+        # torch and torch-bin share name and version: only the location tells them apart
+        where = os.path.realpath(str(getattr(dist, "_path", dist.locate_file(""))))
+        dists.add("%s %s (%s)" % (dist.metadata["Name"], dist.version, where))
+facts["torch_distributions"] = sorted(dists)
 lib_dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
 facts["ld_library_path"] = lib_dirs
 facts["driver_in_ld_library_path"] = [os.path.join(d, n) for d in lib_dirs
@@ -192,6 +194,13 @@ def _strs(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
 
 
 def parse_facts(raw: Mapping[str, Any]) -> ShellFacts:
+    try:
+        return _parse_facts(raw)
+    except (TypeError, ValueError) as exc:
+        raise NixbuildError(f"the check in the shell printed malformed facts: {exc}") from exc
+
+
+def _parse_facts(raw: Mapping[str, Any]) -> ShellFacts:
     return ShellFacts(
         python=str(raw.get("python", "?")),
         executable=str(raw.get("executable", "?")),
@@ -299,7 +308,10 @@ def judge(installable: str, facts: ShellFacts, *, expect_cuda: bool) -> Verdict:
         )
         return Verdict(installable, expect_cuda, facts, ok=False, checks=(missing,))
     ok = facts.cuda_available or not expect_cuda
-    checks = () if facts.cuda_available else check_causes(facts)
+    checks = check_causes(facts)
+    if facts.cuda_available:
+        # Nothing to explain; a mixed environment is still worth a warning.
+        checks = tuple(c for c in checks if c.id == "mixed-torch" and c.applies)
     return Verdict(installable, expect_cuda, facts, ok=ok, checks=checks)
 
 
@@ -317,14 +329,17 @@ def render_human(verdict: Verdict) -> str:
             f"(python {facts.python}, {facts.executable})\n   {cause.detail}\n   hint: {cause.hint}"
         )
     lines = [f"✅ PyTorch {facts.torch_version}  (python {facts.python})"]
-    if facts.cuda_available:
-        lines.append(f"✅ CUDA {facts.torch_cuda}: available, {facts.device_count} device(s)")
-        lines.extend(f"✅ GPU {i}: {name}" for i, name in enumerate(facts.devices))
+    mixed = [c for c in verdict.causes if c.id == "mixed-torch"]
+    if facts.cuda_available or not verdict.expect_cuda:
+        if facts.cuda_available:
+            lines.append(f"✅ CUDA {facts.torch_cuda}: available, {facts.device_count} device(s)")
+            lines.extend(f"✅ GPU {i}: {name}" for i, name in enumerate(facts.devices))
+        else:
+            cuda = f"CUDA {facts.torch_cuda}" if facts.torch_cuda else "CUDA (CPU-only torch)"
+            lines.append(f"○ {cuda}: not available (not expected: --no-expect-cuda)")
+        lines.extend(f"⚠ warning: {c.title} — {c.detail}" for c in mixed)
         return "\n".join(lines)
     cuda = f"CUDA {facts.torch_cuda}" if facts.torch_cuda else "CUDA (CPU-only torch)"
-    if not verdict.expect_cuda:
-        lines.append(f"○ {cuda}: not available (not expected: --no-expect-cuda)")
-        return "\n".join(lines)
     lines.append(f"❌ {cuda}: not available. Likely causes, checked:")
     for check in verdict.checks:
         mark = "✗ cause:" if check.applies else "✓ ruled out:"

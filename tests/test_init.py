@@ -15,6 +15,7 @@ from standin import SYSTEM, closure_names, drv_path, flake_show, make_project
 
 from nixbuild import init
 from nixbuild.cli_torch import init_command
+from nixbuild.config import read_config_file
 from nixbuild.errors import ExitCode, UsageError
 
 PROJECT_FILES = {
@@ -111,7 +112,20 @@ def test_config_file_has_a_job_per_shell_with_the_bin_fallback() -> None:
         "fallback": ".#bin",
         "max_jobs": 1,
     }
-    assert config["jobs"]["torch-bin"] == {"installable": ".#bin", "mode": "develop"}
+    assert config["jobs"]["torch-bin"] == {
+        "installable": ".#bin",
+        "mode": "develop",
+        "no_fallback": True,
+    }
+
+
+def test_config_file_is_accepted_by_the_config_loader(tmp_path: Path) -> None:
+    path = tmp_path / "nixbuild.toml"
+    path.write_text(init.render(init.InitOptions())["nixbuild.toml"])
+    top, jobs = read_config_file(path)
+    assert top == {}
+    assert jobs["torch"]["fallback"] == ".#bin"
+    assert jobs["torch-bin"]["no_fallback"] is True
 
 
 def test_shell_hook_sets_the_cuda_variables() -> None:

@@ -100,6 +100,19 @@ def test_two_torch_builds_are_detected() -> None:
     assert cause_ids(verdict) == {"mixed-torch"}
 
 
+def test_two_torch_builds_are_a_warning_when_cuda_works() -> None:
+    facts = FACTS_GPU | {"torch_locations": ["/nix/store/a/torch", "/nix/store/b/torch"]}
+    verdict = torchcheck.judge(".#bin", torchcheck.parse_facts(facts), expect_cuda=True)
+    assert verdict.ok
+    assert cause_ids(verdict) == {"mixed-torch"}
+    assert "⚠ warning: two torch builds mixed" in torchcheck.render_human(verdict)
+
+
+def test_malformed_facts_are_an_error_not_a_traceback() -> None:
+    with pytest.raises(NixbuildError, match="malformed facts"):
+        torchcheck.parse_facts(FACTS_GPU | {"device_count": "many"})
+
+
 def test_hidden_devices_and_failed_init_are_told_apart() -> None:
     base = FACTS_GPU | {"cuda_available": False, "device_count": 0, "devices": []}
     hidden = torchcheck.judge(
