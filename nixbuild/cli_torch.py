@@ -37,6 +37,13 @@ def _exits_on_error(name: str) -> Callable[[F], F]:
     return decorate
 
 
+def _entering(installable: str) -> None:
+    # On stderr, so --json output stays clean; a source shell may build for hours first.
+    click.echo(
+        f"nixbuild: running in {installable} (nix develop builds it first if needed)", err=True
+    )
+
+
 @click.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
 @click.option(
@@ -94,6 +101,10 @@ def init_command(
     )
     for path in written:
         click.echo(f"  {path.relative_to(directory)}")
+    if init_mod.inside_git_work_tree(directory):
+        click.echo(
+            "This is a git repository: `git add` these files first (flakes see only tracked files)."
+        )
     click.echo(
         "flake.lock is not written: run `nix flake lock` there to pin nixpkgs.\n"
         "Next: nixbuild develop --job torch   (source build; falls back to .#bin)\n"
@@ -113,6 +124,7 @@ def init_command(
 @_exits_on_error("verify")
 def verify_command(installable: str, as_json: bool, expect_cuda: bool) -> None:
     """Check PyTorch and CUDA inside the built dev shell INSTALLABLE."""
+    _entering(installable)
     verdict = torchcheck.verify(installable, expect_cuda=expect_cuda)
     if as_json:
         click.echo(json.dumps(torchcheck.verdict_json(verdict), indent=2))
@@ -145,12 +157,14 @@ def bench_command(
 ) -> None:
     """Time matrix multiplication in the source and the -bin shell and compare."""
     size_list = torchbench.parse_sizes(sizes)
-    runs = [
-        torchbench.run_bench(
-            label, installable, sizes=size_list, iterations=iterations, device=device
+    runs = []
+    for label, installable in (("source", source), ("bin", binary)):
+        _entering(installable)
+        runs.append(
+            torchbench.run_bench(
+                label, installable, sizes=size_list, iterations=iterations, device=device
+            )
         )
-        for label, installable in (("source", source), ("bin", binary))
-    ]
     if as_json:
         click.echo(json.dumps(torchbench.bench_json(runs[0], runs[1]), indent=2))
     else:

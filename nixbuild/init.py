@@ -216,6 +216,11 @@ def write_project(directory: Path, files: Mapping[str, str], *, force: bool) -> 
     return [target for _, target in staged]
 
 
+def inside_git_work_tree(directory: Path) -> bool:
+    """Whether ``directory`` is in a git work tree (a flake there sees only tracked files)."""
+    return any((d / ".git").exists() for d in (directory.resolve(), *directory.resolve().parents))
+
+
 def _discard(paths: Iterable[Path]) -> None:
     for path in paths:
         with contextlib.suppress(OSError):

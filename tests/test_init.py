@@ -188,6 +188,13 @@ def test_cli_writes_the_project_and_says_flake_lock_is_left_to_nix(tmp_path: Pat
     assert "pkgs.python311" in (tmp_path / "p" / "flake.nix").read_text()
 
 
+def test_cli_reminds_to_git_add_inside_a_repository(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    result = CliRunner().invoke(init_command, [str(tmp_path / "sub")])
+    assert result.exit_code == 0, result.output
+    assert "git add" in result.output
+
+
 def test_cli_bad_option_is_exit_2_without_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(init_command, [str(tmp_path), "--extra-package", 'x"; y'])
     assert result.exit_code == 2
