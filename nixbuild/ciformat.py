@@ -35,17 +35,21 @@ from typing import Any, Protocol
 
 from . import process
 from .errors import UsageError
+from .model import AttemptSpec
 from .report import step_summary_markdown
 from .summaryview import (
     AttemptView,
     RunView,
+    attempt_title,
     clean_text,
     describe_decision,
     describe_diagnosis,
-    describe_options,
-    format_duration,
+    failure_block,
+    final_line,
     headline,
+    heartbeat_text,
     read_summary,
+    success_line,
 )
 
 MAX_ANNOTATIONS = 3
@@ -110,62 +114,21 @@ def gh_command(name: str, message: str, properties: Mapping[str, str | None] | N
     return f"::{name}{' ' + props if props else ''}::{gh_escape_data(message)}"
 
 
-# --- shared wording -----------------------------------------------------------------------------
-
-
-def attempt_title(attempt: AttemptView, total: int | None) -> str:
-    of = f"/{total}" if total else ""
-    what = " ".join(attempt.command) if attempt.command else attempt.installable
-    return f"attempt {attempt.number}{of}: {clean_text(what)} ({describe_options(attempt)})"
-
-
-def failure_block(attempt: AttemptView, log_tail: Sequence[str]) -> list[str]:
-    """What a person must see when an attempt failed, whatever the flavour."""
-    d = attempt.diagnosis
-    status = "" if attempt.exit_status is None else f", exit {attempt.exit_status}"
-    lines = [
-        f"nixbuild: attempt {attempt.number} failed after "
-        f"{format_duration(attempt.duration_s)}{status}: {describe_diagnosis(d)}"
-    ]
-    if d is not None:
-        if d.explanation:
-            lines.append(f"  {d.explanation}")
-        if d.drv:
-            lines.append(f"  derivation: {d.drv}")
-        for e in d.evidence:
-            lines.append(f"  evidence: {'' if e.line is None else f'line {e.line}: '}{e.text}")
-    if log_tail:
-        where = f" ({attempt.log})" if attempt.log else ""
-        lines.append(f"  last {len(log_tail)} log lines{where}:")
-        lines.extend(f"  | {clean_text(line)}" for line in log_tail)
-    lines.append(f"nixbuild: decision: {describe_decision(attempt.decision)}")
-    return lines
-
-
-def success_line(attempt: AttemptView) -> str:
-    return f"nixbuild: attempt {attempt.number} succeeded in {format_duration(attempt.duration_s)}"
-
-
-def heartbeat_text(
-    *, attempt: int, total: int | None, elapsed_s: float, silent_s: float, activity: str = ""
-) -> str:
-    """The line printed during long silences, so CI does not think the job hung."""
-    of = f"/{total}" if total else ""
-    last = f"; last activity: {clean_text(activity)}" if activity else ""
-    return (
-        f"nixbuild: still building (attempt {attempt}{of}, {format_duration(elapsed_s)} elapsed, "
-        f"no output for {format_duration(silent_s)}{last})"
-    )
+def attempt_started(number: int, spec: AttemptSpec, command: Sequence[str]) -> dict[str, Any]:
+    """The per-attempt dict ``attempt_start`` needs, before the attempt has a record."""
+    return {
+        "number": number,
+        "installable": spec.installable,
+        "variant": str(spec.variant),
+        "cores": spec.cores,
+        "max_jobs": spec.max_jobs,
+        "command": list(command),
+    }
 
 
 def _attempt(attempt: Mapping[str, Any]) -> AttemptView:
     run = read_summary({"attempts": [attempt]})
     return run.attempts[0]
-
-
-def final_line(summary: Mapping[str, Any]) -> str:
-    run = read_summary(summary)
-    return f"nixbuild: {run.status}: {headline(run)}"
 
 
 # --- the renderers ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ no renderer (report.py, ciformat.py) ever has to guard a lookup or can crash on 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,3 +271,57 @@ def headline(run: RunView) -> str:
             return f"refused to build {run.installable}: preflight checks failed"
         case other:
             return f"{other}: {run.installable} ({attempts})"
+
+
+# --- lines every CI flavour prints ----------------------------------------------------------
+
+
+def attempt_title(attempt: AttemptView, total: int | None) -> str:
+    of = f"/{total}" if total else ""
+    what = " ".join(attempt.command) if attempt.command else attempt.installable
+    return f"attempt {attempt.number}{of}: {clean_text(what)} ({describe_options(attempt)})"
+
+
+def failure_block(attempt: AttemptView, log_tail: Sequence[str]) -> list[str]:
+    """What a person must see when an attempt failed, whatever the flavour."""
+    d = attempt.diagnosis
+    status = "" if attempt.exit_status is None else f", exit {attempt.exit_status}"
+    lines = [
+        f"nixbuild: attempt {attempt.number} failed after "
+        f"{format_duration(attempt.duration_s)}{status}: {describe_diagnosis(d)}"
+    ]
+    if d is not None:
+        if d.explanation:
+            lines.append(f"  {d.explanation}")
+        if d.drv:
+            lines.append(f"  derivation: {d.drv}")
+        for e in d.evidence:
+            lines.append(f"  evidence: {'' if e.line is None else f'line {e.line}: '}{e.text}")
+    if log_tail:
+        where = f" ({attempt.log})" if attempt.log else ""
+        lines.append(f"  last {len(log_tail)} log lines{where}:")
+        lines.extend(f"  | {clean_text(line)}" for line in log_tail)
+    lines.append(f"nixbuild: decision: {describe_decision(attempt.decision)}")
+    return lines
+
+
+def success_line(attempt: AttemptView) -> str:
+    return f"nixbuild: attempt {attempt.number} succeeded in {format_duration(attempt.duration_s)}"
+
+
+def heartbeat_text(
+    *, attempt: int, total: int | None, elapsed_s: float, silent_s: float, activity: str = ""
+) -> str:
+    """The line printed during long silences, so CI does not think the job hung."""
+    of = f"/{total}" if total else ""
+    last = f"; last activity: {clean_text(activity)}" if activity else ""
+    return (
+        f"nixbuild: still building (attempt {attempt}{of}, {format_duration(elapsed_s)} elapsed, "
+        f"no output for {format_duration(silent_s)}{last})"
+    )
+
+
+def final_line(summary: Mapping[str, Any]) -> str:
+    """The run's last console line."""
+    run = read_summary(summary)
+    return f"nixbuild: {run.status}: {headline(run)}"

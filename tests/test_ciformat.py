@@ -45,6 +45,8 @@ from nixbuild.ciformat import (
     renderer_for,
 )
 from nixbuild.errors import UsageError
+from nixbuild.model import AttemptSpec, Variant
+from nixbuild.summaryview import heartbeat_text
 
 GOLDEN = Path(__file__).parent / "golden"
 NAMES = ("success", "retried", "fallback", "failed")
@@ -362,13 +364,22 @@ def test_github_token_is_random_by_default() -> None:
 
 
 def test_heartbeat_text() -> None:
-    line = ciformat.heartbeat_text(
+    line = heartbeat_text(
         attempt=2, total=6, elapsed_s=3725, silent_s=600, activity="building '/nix/store/x.drv'"
     )
     assert line == (
         "nixbuild: still building (attempt 2/6, 1h 02m 05s elapsed, no output for 10m 00s; "
         "last activity: building '/nix/store/x.drv')"
     )
+
+
+def test_attempt_start_from_a_spec_before_the_attempt_has_a_record() -> None:
+    spec = AttemptSpec(".#torch-bin", cores=4, max_jobs=1, variant=Variant.BIN)
+    started = ciformat.attempt_started(3, spec, ["nix", "build", ".#torch-bin"])
+    assert renderer(Flavor.GITHUB).attempt_start(started, total=6)[0] == (
+        "::group::attempt 3/6: nix build .#torch-bin (cores 4, max-jobs 1)"
+    )
+    assert set(started) <= set(summary("success")["attempts"][0])
 
 
 def test_renderers_tolerate_a_bare_attempt() -> None:
