@@ -54,16 +54,14 @@ class ServiceStatus:
         return self.timer.get("LoadState") == "loaded"
 
 
-def _default_runner(argv: Sequence[str]) -> process.Completed:
-    return process.run_capture(argv, timeout=60)
-
-
 class UserManager:
     """``systemctl --user`` and friends, through the one process chokepoint."""
 
-    def __init__(self, run: Runner = _default_runner, env: Mapping[str, str] | None = None):
-        self._run = run
+    def __init__(self, run: Runner | None = None, env: Mapping[str, str] | None = None):
         self.env = os.environ if env is None else env
+        self._run: Runner = run or (
+            lambda argv: process.run_capture(argv, env=self.env, timeout=60)
+        )
 
     def _call(self, argv: Sequence[str]) -> process.Completed:
         try:
