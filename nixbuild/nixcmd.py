@@ -118,6 +118,21 @@ def check_installable(installable: str) -> str | None:
     return None
 
 
+# What nix says when the installable itself does not exist (not an error inside the Nix
+# code it evaluates): a flake without that attribute, a flake that is not there. These are
+# the user's input errors, so they exit 2 rather than 1.
+_MISSING_INSTALLABLE = re.compile(
+    r"does not provide attribute|cannot find flake|does not contain a 'flake\.nix'"
+    r"|error: getting status of '[^']*': No such file or directory"
+    r"|error: path '[^']*' does not exist"
+)
+
+
+def names_missing_installable(messages: Sequence[str]) -> str | None:
+    """The first of nix's messages that says the installable does not exist, if any."""
+    return next((m for m in messages if _MISSING_INSTALLABLE.search(m)), None)
+
+
 def slug(installable: str) -> str:
     """A file-name-safe short form: ``nixpkgs#pkgs.torch`` → ``nixpkgs-pkgs.torch``."""
     text = re.sub(r"[^A-Za-z0-9._+-]+", "-", installable).strip("-.")

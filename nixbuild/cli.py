@@ -1,0 +1,179 @@
+"""Command-line surface. Parses, builds a request, calls the supervisor, maps to an exit code.
+
+No logic lives here beyond turning options into values: see runner.py for how a request
+is prepared and supervisor.py for the loop. Errors are raised deep and become exit codes
+only in ``main`` ("raise deep, exit at the edge").
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import ExitCode, NixbuildError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    built (the summary says whether the -bin fallback was used)
+  1    failed for a deterministic reason after the policy ran out
+  2    usage or configuration error
+  3    preflight refused (nix missing, not enough memory or disk)
+  75   transient failures (network, disk) exhausted the retries; try again later
+  130  interrupted by SIGINT, 143 by SIGTERM
+"""
+
+
+def run_options(func: F) -> F:
+    """Options shared by build, develop, run and demo. Each has an env twin NIXBUILD_<NAME>."""
+    options = [
+        click.option(
+            "--cores", type=int, help="nix `cores`: compiler jobs per build [min(8, CPUs)]"
+        ),
+        click.option("--max-jobs", type=int, help="nix `max-jobs`: builds at once [1]"),
+        click.option("--job", help="a named job from the config file ([jobs.NAME])"),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            help="config file [./nixbuild.toml, else ~/.config/nixbuild/config.toml]",
+        ),
+        click.option("--log-dir", help="where run directories go [./logs]"),
+        click.option(
+            "--out-link",
+            help="GC root for the result [./result; develop: a profile in the state dir]",
+        ),
+        click.option(
+            "--fallback", help="prebuilt installable to fall back to (e.g. nixpkgs#…torch-bin)"
+        ),
+        click.option(
+            "--no-fallback", is_flag=True, default=None, help="never fall back to a -bin variant"
+        ),
+        click.option("--max-attempts", type=int, help="attempts in all, fallback included [6]"),
+        click.option(
+            "--deadline", help="start no attempt after, and stop at, this time of day (HH:MM)"
+        ),
+        click.option("--max-duration", help="stop the whole run after this long (45m, 2h30m)"),
+        click.option(
+            "--stall-timeout", help="stop an attempt silent and without progress this long"
+        ),
+        click.option(
+            "--gc", is_flag=True, default=None, help="garbage-collect the store when the disk fills"
+        ),
+        click.option(
+            "--fresh", is_flag=True, help="ignore what past runs learned (adaptive start)"
+        ),
+        click.option(
+            "-q", "--quiet", is_flag=True, default=None, help="only progress and the result"
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, prog_name="nixbuild")
+def cli() -> None:
+    """Run long Nix builds unattended: bounded parallelism, a diagnosis for every
+    failure, retries with backoff and lower parallelism, and the -bin fallback."""
+
+
+def _split_installable(
+    installable: str | None, nix_args: Sequence[str]
+) -> tuple[str | None, tuple[str, ...]]:
+    # `nixbuild build -- --impure` leaves click no way to tell the installable from nix args.
+    if installable is not None and installable.startswith("-"):
+        return None, (installable, *nix_args)
+    return installable, tuple(nix_args)
+
+
+@cli.command(epilog=EXIT_CODES_HELP, context_settings={"ignore_unknown_options": False})
+@click.argument("installable", required=False)
+@click.argument("nix_args", nargs=-1, type=click.UNPROCESSED)
+@run_options
+def build(installable: str | None, nix_args: tuple[str, ...], **opts: Any) -> int:
+    """Supervised `nix build INSTALLABLE` [.#default].
+
+    Extra nix arguments go after `--` and pass through untouched:
+    `nixbuild build .#torch -- --impure --show-trace`.
+    """
+    from .runner import run_supervised
+
+    installable, extra = _split_installable(installable, nix_args)
+    return run_supervised("build", installable, extra, (), opts)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("installable", required=False)
+@click.argument("nix_args", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "--command", "-c", "command", help="run this shell command inside the dev shell once built"
+)
+@run_options
+def develop(
+    installable: str | None, nix_args: tuple[str, ...], command: str | None, **opts: Any
+) -> int:
+    """Realise and pin the dev shell of INSTALLABLE [.#default], unattended.
+
+    Nothing interactive starts: the shell's closure is built and kept as a profile (a GC
+    root), so entering it later with `nix develop PROFILE` is instant. With --command, that
+    command runs inside the shell once it is built (via bash -c).
+    """
+    from .runner import run_supervised
+
+    installable, extra = _split_installable(installable, nix_args)
+    cmd = ("bash", "-c", command) if command else ()
+    return run_supervised("develop", installable, extra, cmd, opts)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@run_options
+def demo(**opts: Any) -> int:
+    """Build the embedded demo flake under supervision (no network, no nixpkgs)."""
+    from .runner import run_demo
+
+    return run_demo(opts)
+
+
+@cli.command("config")
+@click.option("--job", help="show the values for this job")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="config file to read"
+)
+def show_config(job: str | None, config_path: str | None) -> int:
+    """Print the effective configuration and where each value came from."""
+    from .runner import describe_config
+
+    click.echo(describe_config(job, config_path))
+    return 0
+
+
+def _register_optional() -> None:
+    """Commands that live in their own modules (kept out of this file to keep it small)."""
+
+
+_register_optional()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        result = cli.main(args=argv, prog_name="nixbuild", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("nixbuild: interrupted", err=True)
+        sys.exit(ExitCode.SIGINT)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code)
+    except NixbuildError as exc:
+        click.echo(f"nixbuild: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("nixbuild: interrupted", err=True)
+        sys.exit(ExitCode.SIGINT)
+    sys.exit(int(result) if isinstance(result, int) else 0)

@@ -1,0 +1,240 @@
+"""`nixbuild build` / `develop` end to end: the real CLI, real Nix, an isolated store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.nix
+
+
+def nixbuild(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nixbuild", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def only_run_dir(log_dir: Path) -> Path:
+    (run_dir,) = [p for p in log_dir.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def summary_of(log_dir: Path) -> dict[str, Any]:
+    data = json.loads((only_run_dir(log_dir) / "summary.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_build_success_records_everything(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    result = nixbuild(
+        "build", f"path:{flake}#ok", "--log-dir", str(logs), "--cores", "2", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    out_path = result.stdout.strip()
+    assert out_path.startswith(nix_env["NIX_STORE_DIR"]) and out_path.endswith("-fixture-app-1.0")
+    assert (tmp_path / "result").resolve() == Path(out_path)  # the GC root, printed
+    assert f"GC root {tmp_path / 'result'} -> {out_path}" in result.stderr
+    assert "fixture-lib> compiling lib with 2 cores" in result.stderr
+
+    run_dir = only_run_dir(logs)
+    command = (run_dir / "command.txt").read_text()
+    assert "--option cores 2 --option max-jobs 1 --log-format internal-json -v" in command
+    assert "--extra-experimental-features 'nix-command flakes'" in command
+    log = (run_dir / "attempt-1.log").read_text().splitlines()
+    assert "fixture-app> Running phase: buildPhase" in log
+    assert not any(line.startswith("@nix") for line in log)  # human-readable, not raw JSON
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "run_started"
+    assert events[-1]["event"] == "run_finished"
+    summary = summary_of(logs)
+    assert summary["status"] == "success" and summary["exit_code"] == 0
+    assert summary["outputs"] == [out_path]
+    (attempt,) = summary["attempts"]
+    assert attempt["diagnosis"] is None and attempt["cores"] == 2 and attempt["max_jobs"] == 1
+    assert attempt["log"] == "attempt-1.log"
+
+
+def test_extra_nix_args_pass_through(nix_env: dict[str, str], flake: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    result = nixbuild(
+        "build",
+        f"path:{flake}#ok",
+        "--log-dir",
+        str(logs),
+        "--",
+        "--show-trace",
+        "--option",
+        "max-silent-time",
+        "600",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    command = (only_run_dir(logs) / "command.txt").read_text()
+    assert command.rstrip().endswith("--show-trace --option max-silent-time 600")
+
+
+def test_build_failure_is_diagnosed(nix_env: dict[str, str], flake: Path, tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    result = nixbuild(
+        "build",
+        f"path:{flake}#fail",
+        "--log-dir",
+        str(logs),
+        "--max-attempts",
+        "1",
+        "--no-fallback",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "diagnosis: build" in result.stderr
+    summary = summary_of(logs)
+    assert summary["status"] == "failed" and summary["exit_code"] == 1
+    (attempt,) = summary["attempts"]
+    assert attempt["diagnosis"]["kind"] == "build"
+    assert attempt["diagnosis"]["drv"].endswith("fixture-fail-1.0.drv")
+    assert attempt["decision"]["action"] == "give_up"
+    # Evidence line numbers point into the attempt log.
+    log = (only_run_dir(logs) / "attempt-1.log").read_text().splitlines()
+    for ev in attempt["diagnosis"]["evidence"]:
+        assert log[ev["line"] - 1] == ev["text"] or ev["text"] in log[ev["line"] - 1]
+
+
+def test_develop_pins_profile_and_runs_command(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    logs, profile = tmp_path / "logs", tmp_path / "profiles" / "ok"
+    result = nixbuild(
+        "develop",
+        f"path:{flake}#ok",
+        "--log-dir",
+        str(logs),
+        "--out-link",
+        str(profile),
+        "--command",
+        "echo inside the shell of $name",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "inside the shell of fixture-app-1.0" in result.stderr + result.stdout
+    assert profile.is_symlink() and profile.resolve().name.endswith("-fixture-app-1.0-env")
+    summary = summary_of(logs)
+    assert summary["mode"] == "develop" and summary["outputs"] == [str(profile.resolve())]
+    command = (only_run_dir(logs) / "command.txt").read_text()
+    assert shlex.join(["develop", f"path:{flake}#ok", "--profile", str(profile)]) in command
+
+
+def test_develop_without_command_just_realises(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    result = nixbuild(
+        "develop",
+        f"path:{flake}#ok",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--out-link",
+        str(tmp_path / "p"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        (only_run_dir(tmp_path / "logs") / "command.txt")
+        .read_text()
+        .rstrip()
+        .endswith("--command true")
+    )
+
+
+def leftover(marker: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True, check=False)
+    return found.stdout.split()
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_the_whole_build(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path, sig: int, code: int
+) -> None:
+    seconds = str(300 + os.getpid() % 500 + sig)  # a sleep nobody else runs, to find leftovers
+    (flake / "sleep.txt").write_text(seconds)
+    (flake / "nonce.txt").write_text(f"{time.time()}")
+    logs = tmp_path / "logs"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nixbuild",
+            "build",
+            f"path:{flake}#slow",
+            "--log-dir",
+            str(logs),
+            "--no-fallback",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not leftover(f"/bin/sleep {seconds}"):
+        assert time.monotonic() < deadline, "the slow builder never started"
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert leftover(f"/bin/sleep {seconds}") == []
+    summary = summary_of(logs)
+    assert summary["status"] == "interrupted" and summary["exit_code"] == code
+    (attempt,) = summary["attempts"]
+    assert attempt["diagnosis"]["kind"] == "interrupted"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["build", "path:{flake}#nope"], "does not provide attribute"),
+        (["build", "path:{flake}/missing#ok"], "does not exist"),
+        (["build", "two words"], "malformed installable"),
+        (["build", "--cores", "x"], "'x' is not a valid integer"),
+        (["build", "--frobnicate"], "No such option '--frobnicate'"),
+        (["build", "path:{flake}#ok", "--log-dir", "/proc/nixbuild-logs"], "cannot write run logs"),
+        (["build", "path:{flake}#ok", "--deadline", "25:99"], "expected a time of day"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    argv = [a.format(flake=flake) for a in args]
+    if "--log-dir" not in argv:
+        argv += ["--log-dir", str(tmp_path / "l")]
+    result = nixbuild(*argv, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_nix_exits_3(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=str(tmp_path))  # no nix on this PATH
+    result = nixbuild("build", ".#x", "--log-dir", str(tmp_path / "l"), cwd=tmp_path, env=env)
+    assert result.returncode == 3
+    assert "nix is not installed" in result.stderr and "apt-get install nix-bin" in result.stderr
+    assert "Traceback" not in result.stderr
