@@ -2,8 +2,9 @@
 inside a generated project's dev shells whose Python has a real CPU build of torch.
 
 The torch comes from `pip install torch==2.13.0` into a dedicated virtualenv, made once and
-reused across runs (.venv/torch-cpu, or $NIXBUILD_TORCH_VENV). The stand-in nixpkgs points
-its interpreter at that virtualenv's python (test-only; see tests/standin.py).
+reused across runs ($NIXBUILD_VENV/torch-cpu, default .venv/torch-cpu, or
+$NIXBUILD_TORCH_VENV). The stand-in nixpkgs points its interpreter at that virtualenv's
+python (test-only; see tests/standin.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ from nixbuild.errors import NixbuildError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_REQUIREMENT = "torch==2.13.0"
-TORCH_VENV = Path(os.environ.get("NIXBUILD_TORCH_VENV", REPO / ".venv" / "torch-cpu"))
+# Beside the test venv (.ci/bootstrap's NIXBUILD_VENV), unless NIXBUILD_TORCH_VENV says where.
+TORCH_VENV = Path(
+    os.environ.get("NIXBUILD_TORCH_VENV")
+    or REPO / os.environ.get("NIXBUILD_VENV", ".venv") / "torch-cpu"
+)
 
 
 # --- pure: facts → verdict → text --------------------------------------------------------
