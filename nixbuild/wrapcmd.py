@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 
 from .errors import UsageError
@@ -58,6 +58,18 @@ class WrappedCommand:
     user_max_jobs: int | None = None
     taken_over: tuple[str, ...] = ()
     notices: tuple[str, ...] = ()
+    original: tuple[str, ...] = ()
+
+    @property
+    def out_link(self) -> str | None:
+        """The user's ``-o``/``--out-link``: where the result link will be (None: default)."""
+        links = [self.args[i + 1] for i, a in enumerate(self.args[:-1]) if a in _OUT_LINK]
+        return links[-1] if links else None
+
+    @property
+    def no_link(self) -> bool:
+        """True when the user asked for no result link: success cannot be read from one."""
+        return "--no-link" in self.args or "--no-out-link" in self.args
 
     @property
     def display_name(self) -> str:
@@ -92,6 +104,28 @@ class WrappedCommand:
             case WrapMode.DEVELOP:
                 command = ("--command", *self.develop_command) if self.develop_command else ()
                 return (self.program, *self.leading, "develop", *args, *command)
+
+    def realise_argv(
+        self,
+        *,
+        cores: int,
+        max_jobs: int,
+        log_args: Sequence[str] = ("--log-format", "internal-json", "-v"),
+    ) -> tuple[str, ...]:
+        """``nix develop``: the attempt that only builds the shell (its command is ``true``).
+
+        Supervision (retries, degrading, fallback) applies to realising the dev shell; the
+        user's own command (a test suite, say) must then run once, as written
+        (``original``), so that its failures are reported as its own, never retried as if
+        they were build failures.
+        """
+        if self.mode is not WrapMode.DEVELOP:
+            return self.argv(cores=cores, max_jobs=max_jobs, log_args=log_args)
+        shell_only = replace(self, develop_command=("true",))
+        return shell_only.argv(cores=cores, max_jobs=max_jobs, log_args=log_args)
+
+
+_OUT_LINK = ("-o", "--out-link")
 
 
 def starting_parallelism(
@@ -352,6 +386,7 @@ def _parse_nix(argv: Sequence[str]) -> WrappedCommand:
         user_max_jobs=st.jobs,
         taken_over=(*lead.taken, *st.taken),
         notices=(*lead.notices, *st.notices),
+        original=tuple(argv),
     )
 
 
@@ -369,6 +404,7 @@ def _parse_nix_build(argv: Sequence[str]) -> WrappedCommand:
         user_max_jobs=st.jobs,
         taken_over=tuple(st.taken),
         notices=tuple(st.notices),
+        original=tuple(argv),
     )
 
 

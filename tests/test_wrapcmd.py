@@ -228,6 +228,30 @@ def test_empty_command_is_refused() -> None:
         parse_wrapped([])
 
 
+@pytest.mark.parametrize(
+    ("line", "out_link", "no_link"),
+    [
+        ("nix build .#x", None, False),
+        ("nix build .#x --no-link", None, True),
+        ("nix build .#x -o result-x", "result-x", False),
+        ("nix-build -A x --out-link out", "out", False),
+        ("nix-build -A x --no-out-link", None, True),
+    ],
+)
+def test_result_link_options_are_exposed(line: str, out_link: str | None, no_link: bool) -> None:
+    wrapped = parse_wrapped(shlex.split(line))
+    assert (wrapped.out_link, wrapped.no_link) == (out_link, no_link)
+
+
+def test_develop_realises_the_shell_apart_from_the_users_command() -> None:
+    words = shlex.split("nix develop .#ci --impure -c pytest -x")
+    wrapped = parse_wrapped(words)
+    assert wrapped.realise_argv(cores=2, max_jobs=1, log_args=())[-2:] == ("--command", "true")
+    assert wrapped.original == tuple(words)
+    build = parse_wrapped(["nix", "build", ".#x"])
+    assert build.realise_argv(cores=2, max_jobs=1) == build.argv(cores=2, max_jobs=1)
+
+
 def test_display_name() -> None:
     assert parse_wrapped(["nix", "build"]).display_name == "."
     assert parse_wrapped(["nix", "build", ".#a", ".#b"]).display_name == ".#a .#b"
@@ -265,6 +289,10 @@ def test_real_nix_develop_command_runs_in_the_shell(
     marker = tmp_path / "ran"
     line = f"nix develop path:{flake}#ok -c /bin/sh -c 'echo $NIX_BUILD_CORES > {marker}'"
     wrapped = parse_wrapped(shlex.split(line))
+    realised = _run(wrapped.realise_argv(cores=2, max_jobs=1), flake)
+    assert realised.returncode == 0, realised.stderr
+    assert _json_messages(realised.stderr)
+    assert not marker.exists()  # realising the shell does not run the user's command
     done = _run(wrapped.argv(cores=2, max_jobs=1), flake)
     assert done.returncode == 0, done.stderr
     assert marker.read_text().strip() == "2"
