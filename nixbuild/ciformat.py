@@ -258,6 +258,11 @@ def source_position(texts: Sequence[str], workspace: str | None) -> tuple[str, s
     return None
 
 
+def _shorten(text: str, limit: int = 400) -> str:
+    """One evidence line in an annotation: compiler lines can be kilobytes long."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _annotation(level: str, attempt: AttemptView, workspace: str | None) -> str:
     d = attempt.diagnosis
     title = f"nixbuild attempt {attempt.number}: {describe_diagnosis(d)}"
@@ -265,7 +270,7 @@ def _annotation(level: str, attempt: AttemptView, workspace: str | None) -> str:
     where = f"{attempt.log}:" if attempt.log else "line "
     evidence = d.evidence if d is not None else ()
     body += [
-        e.text if e.line is None else f"{where}{e.line}: {e.text}"
+        _shorten(e.text if e.line is None else f"{where}{e.line}: {e.text}")
         for e in evidence[:_EVIDENCE_IN_ANNOTATION]
     ]
     body.append(f"decision: {describe_decision(attempt.decision)}")

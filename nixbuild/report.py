@@ -127,6 +127,9 @@ def md_fence(lines: Sequence[str], info: str = "text") -> str:
     return "\n".join([fence + info, *body, fence])
 
 
+# GitHub caps a step summary at 1 MiB; the attempt log on disk has everything anyway.
+MAX_SUMMARY_TAIL_LINES = 200
+
 _STATUS_WORD = {
     "success": "succeeded",
     "fallback": "succeeded through the fallback",
@@ -177,6 +180,7 @@ def step_summary_markdown(summary: Mapping[str, Any], log_tail: Sequence[str] = 
             out.append(md_fence([_evidence_line(e) for e in d.evidence]))
             out.append("")
     if log_tail and failing is not None:
+        log_tail = log_tail[-MAX_SUMMARY_TAIL_LINES:]
         log = f" ({md_escape(failing.log)})" if failing.log else ""
         out.append(f"<details><summary>Log tail of attempt {failing.number}{log}</summary>")
         out += ["", md_fence(log_tail), "", "</details>", ""]

@@ -236,6 +236,14 @@ def test_recovered_failures_are_warnings_and_success_has_none() -> None:
     ]
 
 
+def test_long_evidence_lines_are_shortened_in_annotations() -> None:
+    data = summary("failed")
+    data["attempts"][0]["diagnosis"]["evidence"] = [{"line": 1, "text": "x" * 5000}]
+    ((_, _, message),) = gh_annotations(data)
+    assert len(message.splitlines()[1]) == 400
+    assert message.splitlines()[1].endswith("…")
+
+
 def test_at_most_a_few_annotations_per_run() -> None:
     data = summary("failed")
     first = data["attempts"][0]
@@ -349,6 +357,28 @@ def test_gitlab_uses_only_its_section_control_sequences(name: str) -> None:
 def test_transcript_golden(flavor: Flavor, name: str) -> None:
     text = visible(transcript(renderer(flavor), summary(name)))
     check_golden(GOLDEN / "ci" / str(flavor) / f"{name}.txt", text)
+
+
+@pytest.mark.parametrize(
+    ("variables", "flavor"),
+    [
+        ({"GITHUB_ACTIONS": "true", "CI": "true"}, Flavor.GITHUB),
+        ({"GITLAB_CI": "true", "CI": "true"}, Flavor.GITLAB),
+        ({"BUILDKITE": "true", "CI": "true"}, Flavor.BUILDKITE),
+        ({"CI": "true"}, Flavor.PLAIN),
+    ],
+)
+def test_ci_variables_in_the_environment_select_the_golden_transcript(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], flavor: Flavor
+) -> None:
+    for name in ("GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "CI"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    detected = detect_ci(os.environ)
+    assert detected is flavor
+    text = visible(transcript(renderer(detected), summary("retried")))
+    assert text == (GOLDEN / "ci" / str(flavor) / "retried.txt").read_text(encoding="utf-8")
 
 
 def test_terminal_and_plain_get_the_plain_renderer() -> None:

@@ -205,6 +205,13 @@ def test_step_summary_log_tail_survives_fences_intact() -> None:
     assert "</details>" in tokens[-1].content
 
 
+def test_step_summary_log_tail_is_bounded() -> None:
+    tail = [f"line {n}" for n in range(1000)]
+    tokens = md_tokens(step_summary_markdown(summary("failed"), tail))
+    shown = [t for t in tokens if t.type == "fence"][-1].content.splitlines()
+    assert shown == tail[-report.MAX_SUMMARY_TAIL_LINES :]
+
+
 def test_step_summary_cells_cannot_be_broken_by_the_installable() -> None:
     data = summary("failed")
     data["attempts"][0]["installable"] = ".#a|b *c* `d` <e> [f](g)"
