@@ -213,7 +213,7 @@ class GithubRenderer(PlainRenderer):
 def github_annotations(run: RunView, workspace: str | None = None) -> list[str]:
     """At most MAX_ANNOTATIONS: the decisive failure as an error, recovered ones as warnings."""
     out: list[str] = []
-    failed = run.status in ("failed", "interrupted", "refused")
+    failed = not run.succeeded
     decisive = run.failing_attempt if failed else None
     if decisive is not None:
         out.append(_annotation("error", decisive, workspace))
@@ -355,7 +355,12 @@ def renderer_for(
 
 # --- the final summary hook (the only I/O here) ---------------------------------------------
 
-BUILDKITE_STYLE = {"success": "success", "fallback": "warning", "interrupted": "warning"}
+
+def buildkite_style(run: RunView) -> str:
+    if run.succeeded:
+        return "success" if run.status == "success" else "warning"
+    return "warning" if run.status == "interrupted" else "error"
+
 
 Runner = Callable[..., process.Completed]
 
@@ -391,8 +396,7 @@ def publish_summary(
     if flavor is Flavor.BUILDKITE:
         if which("buildkite-agent") is None:
             return []
-        status = read_summary(summary).status
-        style = BUILDKITE_STYLE.get(status, "error")
+        style = buildkite_style(read_summary(summary))
         argv = ["buildkite-agent", "annotate", "--style", style, "--context", "nixbuild"]
         try:
             done = run(argv, stdin=markdown, timeout=60)

@@ -208,7 +208,7 @@ def junit_xml(summary: Mapping[str, Any], log_tail: Sequence[str] = ()) -> str:
     ElementTree escapes everything, so a log containing ``]]>`` or ``<`` cannot break it.
     """
     run = read_summary(summary)
-    rescued = run.status in ("success", "fallback")
+    rescued = run.succeeded
     by_installable: dict[str, list[AttemptView]] = {}
     for a in run.attempts:
         by_installable.setdefault(a.installable, []).append(a)

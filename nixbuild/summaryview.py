@@ -83,6 +83,13 @@ class RunView:
     attempts: tuple[AttemptView, ...]
 
     @property
+    def succeeded(self) -> bool:
+        """Built, as the exit code says: a fallback fails under ``--fail-on-fallback``."""
+        if self.status == "fallback":
+            return self.exit_code in (0, None)
+        return self.status == "success"
+
+    @property
     def failing_attempt(self) -> AttemptView | None:
         """The last attempt that failed: the one whose log tail a report shows."""
         failed = [a for a in self.attempts if a.failed]

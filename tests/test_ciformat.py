@@ -46,7 +46,7 @@ from nixbuild.ciformat import (
 )
 from nixbuild.errors import UsageError
 from nixbuild.model import AttemptSpec, Variant
-from nixbuild.summaryview import heartbeat_text
+from nixbuild.summaryview import heartbeat_text, read_summary
 
 GOLDEN = Path(__file__).parent / "golden"
 NAMES = ("success", "retried", "fallback", "failed")
@@ -243,6 +243,31 @@ def test_long_evidence_lines_are_shortened_in_annotations() -> None:
     ((_, _, message),) = gh_annotations(data)
     assert len(message.splitlines()[1]) == 400
     assert message.splitlines()[1].endswith("…")
+
+
+def test_fallback_refused_by_fail_on_fallback_is_an_error() -> None:
+    data = {**summary("fallback"), "exit_code": 1}
+    kinds = [(n, p["title"]) for n, p, _ in gh_annotations(data)]
+    assert kinds[0] == ("error", "nixbuild attempt 2: oom (oom.signal-9)")
+    assert ("warning", "nixbuild: built the fallback variant") in kinds
+    assert ciformat.buildkite_style(read_summary(data)) == "error"
+
+
+@pytest.mark.parametrize(
+    ("status", "exit_code", "style"),
+    [
+        ("success", 0, "success"),
+        ("fallback", 0, "warning"),
+        ("fallback", 1, "error"),
+        ("failed", 1, "error"),
+        ("failed", 75, "error"),
+        ("interrupted", 130, "warning"),
+        ("refused", 3, "error"),
+    ],
+)
+def test_buildkite_style(status: str, exit_code: int, style: str) -> None:
+    run = read_summary({"status": status, "exit_code": exit_code})
+    assert ciformat.buildkite_style(run) == style
 
 
 def test_at_most_a_few_annotations_per_run() -> None:

@@ -275,6 +275,17 @@ def test_junit_fallback_skips_the_abandoned_source_build() -> None:
     assert not list(root.iter("failure"))
 
 
+def test_junit_fallback_that_fails_the_job_is_a_failure() -> None:
+    data = {**summary("fallback"), "exit_code": 1}  # --fail-on-fallback
+    root = validate_junit(junit_xml(data, NASTY_TAIL))
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    failure = cases[".#torch"].find("failure")
+    assert failure is not None
+    assert failure.get("type") == "oom"
+    assert cases[".#torch"].find("system-out") is not None
+    assert cases[".#torch-bin"].find("failure") is None
+
+
 def test_junit_retried_then_success_is_one_passing_case() -> None:
     root = validate_junit(junit_xml(summary("retried")))
     (case,) = root.iter("testcase")
