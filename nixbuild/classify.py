@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .classify_rules import FETCHER_NAME, RULES, Role, Rule
 from .model import Diagnosis, Evidence, ExitInfo, Kind, LogLine, Source
 
-__all__ = ["RULES", "Classifier", "Role", "Rule", "classify", "drv_name"]
+__all__ = ["RULES", "Classifier", "Role", "Rule", "classify", "drv_name", "matching_rules"]
 
 _HITS_PER_DRV = 3  # evidence lines kept per rule and derivation
 _DRVS_PER_RULE = 128  # derivations remembered per rule; the oldest are forgotten first
@@ -51,7 +51,7 @@ _NIX_FAILURE = re.compile(
     r"|building of .* timed out|hash mismatch in fixed-output|unexpected error)"
 )
 _TAIL = re.compile(r"^\s+> ?")
-_BODY_PREFIX = re.compile(r"^(?:\s+> ?|[A-Za-z0-9+._?=-]{1,211}> ?)")
+_BODY_PREFIX = re.compile(r"^(?:\s*> ?|[A-Za-z0-9+._?=-]{1,211}> ?)")
 _STORE_NAME = re.compile(r"^[0-9a-z]{32}-")
 
 
@@ -116,28 +116,13 @@ class Classifier:
         drv = line.drv
         if source is Source.NIX:
             source, drv = self._nix_line(line)
-        index = _INDEX[source]
-        if index.prefilter.search(text) is None:
-            return
-        body = text
-        if source is Source.BUILD:
-            prefix = _BODY_PREFIX.match(text)
-            if prefix is not None:
-                body = text[prefix.end() :]
-        elif source is Source.NIX:
-            body = text.lstrip()
-        warning_only = source is Source.NIX and body.startswith("warning:")
-        candidates = sorted({n for w, ns in index.by_keyword if w in text for n in ns})
+        if _INDEX[source].prefilter.search(text) is None:
+            return  # the common case, kept out of the generator below for speed
         key = drv_name(drv) if drv else None
-        for number in candidates:
-            rule = RULES[number]
-            if warning_only and rule.role is Role.CAUSE:
-                continue
-            match = rule.pattern.search(body)
-            if match is not None:
-                self._record(number, key, line, match)
-                if rule.fatal and rule.role is Role.CAUSE:
-                    self._s.fatal_seen = True
+        for number, match in _matches(text, source):
+            self._record(number, key, line, match)
+            if RULES[number].fatal and RULES[number].role is Role.CAUSE:
+                self._s.fatal_seen = True
 
     def _nix_line(self, line: LogLine) -> tuple[Source, str | None]:
         """Follow nix's messages; a quoted log tail line counts as its builder's output."""
@@ -268,6 +253,32 @@ class Classifier:
             _evidence(lines[:3] + extra),
             failing,
         )
+
+
+def _matches(text: str, source: Source) -> Iterator[tuple[int, re.Match[str]]]:
+    """(rule number, match) for every rule that matches this line, in table order."""
+    index = _INDEX[source]
+    if index.prefilter.search(text) is None:
+        return
+    body = text
+    if source is Source.BUILD:
+        prefix = _BODY_PREFIX.match(text)
+        if prefix is not None:
+            body = text[prefix.end() :]
+    elif source is Source.NIX:
+        body = text.lstrip()
+    warning = source is Source.NIX and body.startswith("warning:")  # nix's warnings never decide
+    for number in sorted({n for word, ns in index.by_keyword if word in text for n in ns}):
+        if warning and RULES[number].role is Role.CAUSE:
+            continue
+        match = RULES[number].pattern.search(body)
+        if match is not None:
+            yield number, match
+
+
+def matching_rules(line: LogLine) -> tuple[str, ...]:
+    """Ids of the rules that match one line on its own (for tests and debugging)."""
+    return tuple(RULES[number].id for number, _ in _matches(line.text, line.source))
 
 
 class _Fill(dict[str, str]):

@@ -147,7 +147,7 @@ RULES: tuple[Rule, ...] = (
           "{name} printed nothing for {seconds} seconds and nix stopped it (max-silent-time)",
           ("timed out after",)),
     _rule("timeout.build-timeout", Kind.TIMEOUT, N,
-          r"timed out after (?P<seconds>\d+) seconds?(?! of silence)",
+          r"timed out after (?P<seconds>\d+) seconds?(?!\w| of silence)",
           "{name} ran longer than the {seconds}-second build timeout and nix stopped it",
           ("timed out after",)),
     _rule("oom.nix-signal-9", Kind.OOM, N, r"failed due to signal 9\b",
