@@ -201,6 +201,8 @@ _REFUSED = {
     "--help": "help is not a build",
     "-h": "help is not a build",
     "--version": "a version query is not a build",
+    "--stdin": "installables read from stdin cannot be read again for a retry",
+    "--debugger": "the evaluation debugger is interactive",
 }
 
 _OTHER_PROGRAMS = {
@@ -235,6 +237,11 @@ def _parallelism(flag: str, value: str) -> int | None:
     if not value.isdigit():
         raise _refuse(f"{flag} {value!r} is not a number")
     number = int(value)
+    if number == 0 and flag in _JOBS:
+        raise _refuse(
+            f"{flag} 0 builds nothing locally (remote builders only); nixbuild bounds local builds",
+            hint="drop it, or run this command without nixbuild",
+        )
     return None if number == 0 else number
 
 

@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nixbuild.errors import ExitCode, UsageError
 from nixbuild.wrapcmd import WrapMode, parse_wrapped, starting_parallelism
@@ -212,6 +214,13 @@ REFUSED = [
     ("nix", "no nix subcommand"),
     ("nix develop .#a .#b -c true", "one installable"),
     ("nix-build -L -A x", "unknown option -L"),
+    ("nix build --stdin", "read again for a retry"),
+    ("nix build --debugger .#x", "interactive"),
+    ("nix build .#x --max-jobs 0", "remote builders only"),
+    ("nix build .#x --option max-jobs 0", "remote builders only"),
+    ("nix build .#x --log-format=raw", "unknown option --log-format=raw"),
+    ("nix build .#x -j", "needs 1 value"),
+    ("nix build .#x --option cores", "needs 2 values"),
 ]
 
 
@@ -311,3 +320,29 @@ def test_real_legacy_nix_build(nix_env: dict[str, str], tmp_path: Path) -> None:
     assert any("cores=1" in str(m.get("fields", "")) for m in _json_messages(done.stderr)), (
         done.stderr[-2000:]
     )
+
+
+# --- any input: a WrappedCommand or a UsageError, never a traceback ------------------------------
+
+_WORDS = st.sampled_from(
+    ["nix", "build", "develop", "nix-build", "-c", "--command", "--", "-L", "-Lv", "-j", "-j4",
+     "--option", "cores", "max-jobs", "--cores", "--max-jobs", "auto", "0", "8", "-o", "-A",
+     "--log-format", "raw", "--arg", "--no-link", ".#x", "-k", "-x", "--frob", "true", "-f"]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(argv=st.lists(_WORDS | st.text(max_size=6), max_size=10))
+def test_any_command_line_parses_or_is_refused(argv: list[str]) -> None:
+    try:
+        wrapped = parse_wrapped(argv)
+    except UsageError as exc:
+        assert str(exc).startswith("nixbuild run: ")
+        return
+    argv_out = wrapped.argv(cores=2, max_jobs=1)
+    assert argv_out[0] == argv[0]
+    # options end at `--` (installables follow) or `--command` (the user's program follows)
+    ends = [i for i, w in enumerate(argv_out) if w in ("--", "--command")]
+    options = argv_out[: ends[0]] if ends else argv_out
+    assert options.count("--log-format") == 1
+    assert options[-3:] == ("--log-format", "internal-json", "-v")
