@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from conftest import require
 
 from nixbuild import process
 from nixbuild.assess import GiB, Thresholds, assess
+from nixbuild.cli_service import doctor_command, render_doctor
 from nixbuild.errors import UsageError
 from nixbuild.model import Variant
 from nixbuild.probe import (
@@ -302,3 +305,30 @@ def test_collect_facts_without_nix(tmp_path: Path) -> None:
     facts = collect_facts({"NIX_STORE_DIR": str(tmp_path)}, run=no_nix)
     assert facts.nix_version is None
     assert assess(facts, T, "auto").cannot_succeed
+
+
+# --- nixbuild doctor ---------------------------------------------------------------------
+
+
+def test_doctor_json_on_this_machine(nix_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(doctor_command, ["--json", "--mode", "bin"], standalone_mode=False)
+    assert result.exception is None, result.output
+    data = json.loads(result.output)
+    assert sorted(data) == ["assessment", "facts", "schema", "thresholds"]
+    assert data["schema"] == 1
+    assert data["facts"]["store_dir"] == nix_env["NIX_STORE_DIR"]
+    assert data["thresholds"]["min_memory_bytes"] == 16 * GiB
+    assert data["assessment"]["variant"] == "bin"
+    assert data["assessment"]["plan"] == "use the prebuilt -bin variant"
+    assert result.return_value == (3 if data["assessment"]["cannot_succeed"] else 0)
+
+
+def test_doctor_text_and_refusal() -> None:
+    text, refused = render_doctor(MEDIUM, T, "auto")
+    assert not refused
+    assert "  cores       12 usable (affinity 16)" in text
+    assert "plan: build from source with conservative parallelism: cores 8, max-jobs 1" in text
+    text, refused = render_doctor(replace(FACTS, store_free_bytes=GiB // 2), T, "auto")
+    assert refused
+    assert "cannot succeed:" in text
+    assert "free disk for the Nix store (/nix/store) is 0.5 GiB" in text
