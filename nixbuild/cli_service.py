@@ -52,8 +52,11 @@ def service_group() -> None:
 def install(job: str, on_calendar: str, workdir: str | None, config_path: str | None) -> int:
     """Install and start nixbuild@JOB.timer (JOB is a [jobs.JOB] table of the config file)."""
     where = Path(workdir or Path.cwd()).absolute()
-    config_mod.load({}, cwd=where, config_path=config_path, job=job)  # unknown job → exit 2
-    result = UserManager().install(job, on_calendar=on_calendar, workdir=where)
+    cfg = config_mod.load({}, cwd=where, config_path=config_path, job=job)  # unknown job: exit 2
+    config_file = cfg.file.absolute() if config_path and cfg.file else None
+    result = UserManager().install(
+        job, on_calendar=on_calendar, workdir=where, config_file=config_file
+    )
     for path in result.written:
         click.echo(f"wrote {path}")
     click.echo(f"enabled {result.timer}; next start: {result.next_elapse or 'unknown'}")
@@ -100,7 +103,7 @@ def render_status(st: ServiceStatus) -> str:
 
 
 def _last_run(job: str, workdir: str) -> str:
-    from .ledger import Ledger, describe_run  # noqa: PLC0415 - only status needs SQLite
+    from .ledger import Ledger, describe_run
 
     cwd = Path(workdir) if workdir.startswith("/") else Path.cwd()
     try:
@@ -140,7 +143,12 @@ def logs(job: str, lines: int, follow: bool, log_dir: str | None) -> int:
         click.echo(done.stdout if done is not None else "", nl=False)
         return 0
     click.echo(f"(the journal has no entries for {service_unit(job)})", err=True)
-    return _print_run_files(Path(log_dir) if log_dir else Path("logs"), lines)
+    if log_dir is None:
+        try:
+            log_dir = str(config_mod.load({}, job=job)["log_dir"])
+        except NixbuildError:
+            log_dir = "logs"
+    return _print_run_files(Path(log_dir).expanduser(), lines)
 
 
 def _follow(argv: list[str]) -> int:

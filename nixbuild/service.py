@@ -127,6 +127,7 @@ class UserManager:
         *,
         on_calendar: str = DEFAULT_ON_CALENDAR,
         workdir: Path,
+        config_file: Path | None = None,
         command: Sequence[str] | None = None,
         user: str | None = None,
     ) -> InstallResult:
@@ -138,6 +139,7 @@ class UserManager:
             command=command or nixbuild_command(),
             path=self.env.get("PATH", ""),
             workdir=workdir,
+            config_file=config_file,
         )
         written = files.write(user_unit_dir(self.env))
         self.systemctl("daemon-reload")

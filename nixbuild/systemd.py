@@ -120,13 +120,17 @@ def render_service(template: str, command: Sequence[str], path: str) -> str:
     )
 
 
-def render_workdir_dropin(workdir: Path) -> str:
+def render_workdir_dropin(workdir: Path, config_file: Path | None = None) -> str:
     # The job's config file (./nixbuild.toml), its flake (.#default) and ./logs are relative
-    # to where the user ran `service install`, exactly as in an interactive run.
-    return (
+    # to where the user ran `service install`, exactly as in an interactive run; a config
+    # file named with --config at install time is passed on through its env twin.
+    text = (
         "# Written by `nixbuild service install`: the directory it was run from.\n"
         f"[Service]\nWorkingDirectory={unit_quote(str(workdir))}\n"
     )
+    if config_file is not None:
+        text += f"Environment={unit_quote(f'NIXBUILD_CONFIG={config_file}')}\n"
+    return text
 
 
 def render_calendar_dropin(on_calendar: str) -> str:
@@ -162,6 +166,7 @@ def plan_unit_files(
     command: Sequence[str],
     path: str,
     workdir: Path,
+    config_file: Path | None = None,
     source_dir: Path | None = None,
 ) -> UnitFiles:
     src = source_dir or unit_source_dir()
@@ -172,7 +177,10 @@ def plan_unit_files(
             (SERVICE_TEMPLATE, service),
             (TIMER_TEMPLATE, timer),
             (f"{timer_unit(job)}.d/{CALENDAR_DROPIN}", render_calendar_dropin(on_calendar)),
-            (f"{service_unit(job)}.d/{WORKDIR_DROPIN}", render_workdir_dropin(workdir)),
+            (
+                f"{service_unit(job)}.d/{WORKDIR_DROPIN}",
+                render_workdir_dropin(workdir, config_file),
+            ),
         )
     )
 

@@ -97,7 +97,7 @@ def test_rendered_service_has_no_placeholders() -> None:
         assert line in text
 
 
-def test_planned_files(tmp_path: Path) -> None:
+def test_planned_files() -> None:
     files = dict(
         plan_unit_files(
             "torch",
@@ -105,6 +105,7 @@ def test_planned_files(tmp_path: Path) -> None:
             command=("/x/nixbuild",),
             path="/usr/bin",
             workdir=Path("/home/me/my builds"),
+            config_file=Path("/home/me/nb.toml"),
         ).files
     )
     assert set(files) == {
@@ -116,7 +117,9 @@ def test_planned_files(tmp_path: Path) -> None:
     assert (
         "OnCalendar=\nOnCalendar=*-*-* 02:30:00\n" in files["nixbuild@torch.timer.d/calendar.conf"]
     )
-    assert 'WorkingDirectory="/home/me/my builds"' in files["nixbuild@torch.service.d/workdir.conf"]
+    workdir = files["nixbuild@torch.service.d/workdir.conf"]
+    assert 'WorkingDirectory="/home/me/my builds"\n' in workdir
+    assert "Environment=NIXBUILD_CONFIG=/home/me/nb.toml\n" in workdir
 
 
 def verify(env: dict[str, str], *units: str) -> subprocess.CompletedProcess[str]:
