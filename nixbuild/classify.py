@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from .classify_rules import FETCHER_NAME, RULES, Role, Rule
 from .model import Diagnosis, Evidence, ExitInfo, Kind, LogLine, Source
+from .textlog import pname
 
 __all__ = ["RULES", "Classifier", "Role", "Rule", "classify", "drv_name", "matching_rules"]
 
@@ -42,7 +43,7 @@ _QT = r"[^'\u2018\u2019`\"]"
 _FAILED_DRV = re.compile(
     rf"builder for {_Q}({_QT}+){_Q} failed|build of {_Q}({_QT}+){_Q} on {_Q}"
     rf"|hash mismatch in fixed-output derivation\s+{_Q}({_QT}+){_Q}"
-    rf"|{_Q}({_QT}+\.drv){_Q} timed out"
+    rf"|building of {_Q}({_QT}+?\.drv)(?:[!^]{_QT}*)?{_Q}.* timed out"
 )
 _CANNOT_BUILD = re.compile(rf"Cannot build {_Q}({_QT}+){_Q}")
 _TOP_LEVEL_FAILED = re.compile(rf"build of {_Q}({_QT}+?)(?:\^\S*)?{_Q}.* failed")
@@ -222,7 +223,9 @@ class Classifier:
             return []
         if key is None:
             return list(per_drv.values())
-        return [hits for k, hits in per_drv.items() if k is None or k == key]
+        # A `nix build -L` prefix the reader could not map is the name without its version.
+        short = pname(key)
+        return [hits for k, hits in per_drv.items() if k is None or k in (key, short)]
 
     def _is_fetch(self, key: str | None) -> bool:
         """Is network access legitimate for the failing derivation (a fetcher)?"""

@@ -69,6 +69,15 @@ _NIX_BLOCK_START = re.compile(
 _MAX_NAMES = 50_000
 
 
+_VERSION_START = re.compile(r"-(?=\d)")
+
+
+def pname(name: str) -> str:
+    """Nix's split of a derivation name: ``python3.12-torch-2.5.1`` → ``python3.12-torch``."""
+    match = _VERSION_START.search(name)
+    return name[: match.start()] if match else name
+
+
 def _tail_owner(text: str) -> str | None:
     """The derivation a nix error message is about, when it quotes that one's log tail."""
     if "dependenc" in text:  # "1 dependencies of derivation … failed": not the builder
@@ -98,9 +107,12 @@ class TextLogReader:
         self._block_drv: str | None = None
 
     def _remember(self, path: str, name: str) -> None:
-        self._drv_by_name[name] = path
-        self._drv_by_name.move_to_end(name)
-        if len(self._drv_by_name) > _MAX_NAMES:
+        # `nix build -L` prefixes with the name without its version ("hello>" for
+        # hello-2.12.1); nixbuild's attempt logs use the full name. Accept both.
+        for key in {name, pname(name)}:
+            self._drv_by_name[key] = path
+            self._drv_by_name.move_to_end(key)
+        while len(self._drv_by_name) > _MAX_NAMES:
             self._drv_by_name.popitem(last=False)
 
     def drv_for_name(self, name: str) -> str | None:
