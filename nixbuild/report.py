@@ -9,6 +9,7 @@ so a partial summary (a run that was killed, an older writer) still renders.
 from __future__ import annotations
 
 import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
@@ -80,6 +81,8 @@ def human_summary(summary: Mapping[str, Any]) -> str:
         facts.append(f"exit code {run.exit_code}")
     if any(facts):
         lines.append("  " + ", ".join(f for f in facts if f))
+    if run.started_at or run.finished_at:
+        lines.append(f"  started {run.started_at or '?'}, finished {run.finished_at or '?'}")
     lines.append(f"  variant: {run.variant}")
     if run.outputs:
         lines.append("  outputs:")
@@ -198,6 +201,11 @@ def _xml_text(text: str) -> str:
     return _XML_ILLEGAL.sub("\ufffd", clean_text(text))
 
 
+def _seconds(value: float | None) -> float:
+    """A JUnit time: finite and not negative, whatever the summary holds."""
+    return value if value is not None and math.isfinite(value) and value >= 0 else 0.0
+
+
 def junit_xml(summary: Mapping[str, Any], log_tail: Sequence[str] = ()) -> str:
     """JUnit XML: one testcase per installable that was attempted, classname ``nixbuild``.
 
@@ -219,7 +227,7 @@ def junit_xml(summary: Mapping[str, Any], log_tail: Sequence[str] = ()) -> str:
     failures = skipped = 0
     failing = run.failing_attempt
     for installable, attempts in by_installable.items():
-        seconds = sum(a.duration_s or 0.0 for a in attempts)
+        seconds = _seconds(sum(_seconds(a.duration_s) for a in attempts))
         case = ET.Element(
             "testcase", name=_xml_text(installable), classname="nixbuild", time=f"{seconds:.3f}"
         )
@@ -244,7 +252,12 @@ def junit_xml(summary: Mapping[str, Any], log_tail: Sequence[str] = ()) -> str:
             out = ET.SubElement(case, "system-out")
             out.text = _xml_text("\n".join(log_tail))
 
-    total_time = f"{run.duration_s or sum(a.duration_s or 0.0 for a in run.attempts):.3f}"
+    total = (
+        run.duration_s
+        if run.duration_s is not None
+        else sum(_seconds(a.duration_s) for a in run.attempts)
+    )
+    total_time = f"{_seconds(total):.3f}"
     counts = {
         "tests": str(len(cases)),
         "failures": str(failures),
@@ -254,7 +267,7 @@ def junit_xml(summary: Mapping[str, Any], log_tail: Sequence[str] = ()) -> str:
     root = ET.Element("testsuites", {"name": "nixbuild", "time": total_time, **counts})
     suite = ET.SubElement(root, "testsuite", {"name": "nixbuild", "time": total_time, **counts})
     if run.started_at:
-        suite.set("timestamp", run.started_at)
+        suite.set("timestamp", _xml_text(run.started_at))
     props = ET.SubElement(suite, "properties")
     for name, value in (
         ("run_id", run.run_id),
