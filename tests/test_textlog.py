@@ -7,6 +7,7 @@ from nixbuild.textlog import TextLogReader, clean, pname
 
 DRV = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-python3.12-torch-2.5.1.drv"
 DEP = "/nix/store/abcdfghijklmnpqrsvwxyz0123456789-python3.12-env.drv"
+LQ, RQ = "\u2018", "\u2019"  # the curly quotes of nix 1.x and 2.3 messages
 
 
 def read(text: str) -> list[LogLine]:
@@ -76,9 +77,9 @@ def test_legacy_nix_build_lines_are_recognised_without_prefixes() -> None:
     lines = read(
         f"""these derivations will be built:
   {DRV}
-building path(s) ‘/nix/store/a4qrjzk52g9pkp1sgr0lz0xzzjzbwxgz-perl-5.24.1.tar.gz’
+building path(s) {LQ}/nix/store/a4qrjzk52g9pkp1sgr0lz0xzzjzbwxgz-perl-5.24.1.tar.gz{RQ}
 make: *** [Makefile:11: all] Error 127
-builder for ‘{DRV}’ failed with exit code 1
+builder for {LQ}{DRV}{RQ} failed with exit code 1
 hash mismatch in fixed-output derivation '/nix/store/x-vendor.tar.gz':
   wanted: sha256:1jfk5a33f01g2a68igdkwxnc9rkhz7mfg3zg25r6agib7scjbgj3
 building of '{DRV}' timed out after 1800 seconds"""
