@@ -283,10 +283,25 @@ def headline(run: RunView) -> str:
 # --- lines every CI flavour prints ----------------------------------------------------------
 
 
+def one_line(text: str) -> str:
+    """Text for a single console line: a newline would end a CI marker line early."""
+    return clean_text(text).replace("\n", " ")
+
+
+def _split_lines(lines: Sequence[str]) -> list[str]:
+    """Each embedded newline starts a new line, indented under the line it came from."""
+    out: list[str] = []
+    for line in lines:
+        first, *rest = clean_text(line).split("\n")
+        indent = " " * (len(first) - len(first.lstrip()) + 2)
+        out += [first, *(indent + piece for piece in rest)]
+    return out
+
+
 def attempt_title(attempt: AttemptView, total: int | None) -> str:
     of = f"/{total}" if total else ""
     what = " ".join(attempt.command) if attempt.command else attempt.installable
-    return f"attempt {attempt.number}{of}: {clean_text(what)} ({describe_options(attempt)})"
+    return one_line(f"attempt {attempt.number}{of}: {what} ({describe_options(attempt)})")
 
 
 def failure_block(attempt: AttemptView, log_tail: Sequence[str]) -> list[str]:
@@ -294,8 +309,10 @@ def failure_block(attempt: AttemptView, log_tail: Sequence[str]) -> list[str]:
     d = attempt.diagnosis
     status = "" if attempt.exit_status is None else f", exit {attempt.exit_status}"
     lines = [
-        f"nixbuild: attempt {attempt.number} failed after "
-        f"{format_duration(attempt.duration_s)}{status}: {describe_diagnosis(d)}"
+        one_line(
+            f"nixbuild: attempt {attempt.number} failed after "
+            f"{format_duration(attempt.duration_s)}{status}: {describe_diagnosis(d)}"
+        )
     ]
     if d is not None:
         if d.explanation:
@@ -307,9 +324,9 @@ def failure_block(attempt: AttemptView, log_tail: Sequence[str]) -> list[str]:
     if log_tail:
         where = f" ({attempt.log})" if attempt.log else ""
         lines.append(f"  last {len(log_tail)} log lines{where}:")
-        lines.extend(f"  | {clean_text(line)}" for line in log_tail)
+        lines.extend(f"  | {one_line(line)}" for line in log_tail)
     lines.append(f"nixbuild: decision: {describe_decision(attempt.decision)}")
-    return lines
+    return _split_lines(lines)
 
 
 def success_line(attempt: AttemptView) -> str:
@@ -321,8 +338,8 @@ def heartbeat_text(
 ) -> str:
     """The line printed during long silences, so CI does not think the job hung."""
     of = f"/{total}" if total else ""
-    last = f"; last activity: {clean_text(activity)}" if activity else ""
-    return (
+    last = f"; last activity: {activity}" if activity else ""
+    return one_line(
         f"nixbuild: still building (attempt {attempt}{of}, {format_duration(elapsed_s)} elapsed, "
         f"no output for {format_duration(silent_s)}{last})"
     )
@@ -331,4 +348,4 @@ def heartbeat_text(
 def final_line(summary: Mapping[str, Any]) -> str:
     """The run's last console line."""
     run = read_summary(summary)
-    return f"nixbuild: {run.status}: {headline(run)}"
+    return one_line(f"nixbuild: {run.status}: {headline(run)}")

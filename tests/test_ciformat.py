@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixbuild import ciformat
@@ -437,6 +437,46 @@ def test_attempt_start_from_a_spec_before_the_attempt_has_a_record() -> None:
         "::group::attempt 3/6: nix build .#torch-bin (cores 4, max-jobs 1)"
     )
     assert set(started) <= set(summary("success")["attempts"][0])
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+attempt_keys = ("number", "installable", "variant", "cores", "max_jobs", "command",
+                "duration_s", "exit_status", "diagnosis", "decision", "log")  # fmt: skip
+diagnoses = st.fixed_dictionaries(
+    {}, optional=dict.fromkeys(("kind", "rule", "drv", "explanation", "evidence"), json_values)
+)
+attempts = st.dictionaries(st.sampled_from(attempt_keys), json_values | diagnoses, max_size=11)
+summaries = st.fixed_dictionaries(
+    {"attempts": st.lists(attempts, max_size=3)},
+    optional=dict.fromkeys(("installable", "status", "exit_code", "variant"), json_values),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=summaries, tail=st.lists(st.text(), max_size=3))
+def test_any_summary_renders_as_single_clean_lines(data: dict[str, Any], tail: list[str]) -> None:
+    for flavor in (Flavor.GITHUB, Flavor.GITLAB, Flavor.BUILDKITE, Flavor.PLAIN):
+        r = renderer(flavor)
+        lines: list[str] = []
+        for a in data["attempts"]:
+            lines += r.attempt_start(a, total=3)
+            lines += r.attempt_end(a, log_tail=tail)
+        lines += r.final(data)
+        for line in lines:
+            assert "\n" not in line
+            if flavor is Flavor.GITLAB:  # only its section markers: ESC[0K and CR before one
+                rest = line.replace("\r\x1b[0K", "").replace("\x1b[0K", "")
+                assert "\x1b" not in rest
+                assert "\r" not in rest
+            else:
+                assert "\x1b" not in line
+                assert "\r" not in line
+        if flavor is Flavor.GITHUB:
+            github_runner(lines)  # stop-commands always resumed
 
 
 def test_renderers_tolerate_a_bare_attempt() -> None:
