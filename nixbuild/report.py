@@ -8,6 +8,7 @@ so a partial summary (a run that was killed, an older writer) still renders.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -24,6 +25,7 @@ from .summaryview import (
     describe_options,
     format_duration,
     headline,
+    one_line,
     read_summary,
     seq,
 )
@@ -184,7 +186,8 @@ def step_summary_markdown(summary: Mapping[str, Any], log_tail: Sequence[str] = 
             out.append("")
     if log_tail and failing is not None:
         log_tail = log_tail[-MAX_SUMMARY_TAIL_LINES:]
-        log = f" ({md_escape(failing.log)})" if failing.log else ""
+        # inside an HTML block Markdown escapes do not apply: escape as HTML
+        log = f" ({html.escape(one_line(failing.log))})" if failing.log else ""
         out.append(f"<details><summary>Log tail of attempt {failing.number}{log}</summary>")
         out += ["", md_fence(log_tail), "", "</details>", ""]
     return "\n".join(out)

@@ -221,6 +221,15 @@ def test_step_summary_cells_cannot_be_broken_by_the_installable() -> None:
     assert rows[1][1] == ".#a|b *c* `d` <e> [f](g)"
 
 
+def test_step_summary_log_name_cannot_break_the_details_block() -> None:
+    data = summary("failed")
+    data["attempts"][0]["log"] = "a</summary></details><b>x"
+    tokens = md_tokens(step_summary_markdown(data, ("tail",)))
+    opening = next(t for t in tokens if t.type == "html_block" and "<details>" in t.content)
+    assert "a&lt;/summary&gt;&lt;/details&gt;&lt;b&gt;x" in opening.content
+    assert opening.content.count("</summary>") == 1
+
+
 def test_step_summary_of_a_success_shows_no_log() -> None:
     tokens = md_tokens(step_summary_markdown(summary("success"), ("a line",)))
     assert not [t for t in tokens if t.type == "fence"]
