@@ -298,9 +298,42 @@ def _split_lines(lines: Sequence[str]) -> list[str]:
     return out
 
 
+# Options nixbuild itself adds to every attempt, with how many values follow: a title shows
+# the command as the user would write it, and the parallelism separately.
+_ADDED_OPTIONS = {
+    "--log-format": 1,
+    "-v": 0,
+    "--extra-experimental-features": 1,
+    "--out-link": 1,
+    "--profile": 1,
+    "--cores": 1,
+    "--max-jobs": 1,
+}
+_ADDED_SETTINGS = ("cores", "max-jobs")
+
+
+def short_command(argv: Sequence[str]) -> str:
+    """``nix build .#x`` from nixbuild's full argv for an attempt (the summary keeps it all)."""
+    words: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in ("--command", "-c"):
+            words += argv[i:]
+            break
+        if word == "--option" and i + 1 < len(argv) and argv[i + 1] in _ADDED_SETTINGS:
+            i += 3
+        elif word in _ADDED_OPTIONS:
+            i += 1 + _ADDED_OPTIONS[word]
+        else:
+            words.append(word if i else word.rsplit("/", 1)[-1])
+            i += 1
+    return " ".join(words)
+
+
 def attempt_title(attempt: AttemptView, total: int | None) -> str:
     of = f"/{total}" if total else ""
-    what = " ".join(attempt.command) if attempt.command else attempt.installable
+    what = short_command(attempt.command) if attempt.command else attempt.installable
     return one_line(f"attempt {attempt.number}{of}: {what} ({describe_options(attempt)})")
 
 

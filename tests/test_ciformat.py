@@ -27,7 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nixbuild import ciformat
+from nixbuild import ciformat, summaryview
 from nixbuild.ciformat import (
     MAX_ANNOTATIONS,
     BuildkiteRenderer,
@@ -428,6 +428,21 @@ def test_heartbeat_text() -> None:
         "nixbuild: still building (attempt 2/6, 1h 02m 05s elapsed, no output for 10m 00s; "
         "last activity: building '/nix/store/x.drv')"
     )
+
+
+def test_group_title_shows_the_command_as_the_user_would_write_it() -> None:
+    argv = [
+        "/usr/bin/nix", "--extra-experimental-features", "nix-command flakes", "build", ".#torch",
+        "--out-link", "/build/project/result", "--option", "cores", "8", "--option", "max-jobs",
+        "1", "--log-format", "internal-json", "-v", "--impure", "--option", "sandbox", "false",
+    ]  # fmt: skip
+    attempt = {"number": 1, "command": argv, "cores": 8, "max_jobs": 1}
+    assert renderer(Flavor.GITHUB).attempt_start(attempt, total=6)[0] == (
+        "::group::attempt 1/6: nix build .#torch --impure --option sandbox false "
+        "(cores 8, max-jobs 1)"
+    )
+    develop = ["nix", "develop", ".#ci", "--profile", "p", "-v", "--command", "pytest", "-v"]
+    assert summaryview.short_command(develop) == "nix develop .#ci --command pytest -v"
 
 
 def test_attempt_start_from_a_spec_before_the_attempt_has_a_record() -> None:
