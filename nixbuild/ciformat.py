@@ -15,8 +15,8 @@ end, after its log was already printed inside a collapsed group):
 * GitLab: the attempt's section is written ``collapsed=true``; a failed attempt's section is
   closed and followed by a second, non-collapsed section ``…_failure`` holding the failure
   block, so the failure is expanded and still foldable.
-* Buildkite: ``^^^ +++`` expands the group that is already open (Buildkite's documented way
-  to open the previous group once an error is known); the failure block follows in it.
+* Buildkite: ``^^^ +++`` expands the group that is already open (Buildkite's marker
+  for opening the previous group once an error is known); the failure block follows in it.
 
 No ANSI colour anywhere, except GitLab's section control sequences, which GitLab requires.
 """

@@ -146,7 +146,11 @@ _STATUS_WORD = {
 
 def step_summary_markdown(summary: Mapping[str, Any], log_tail: Sequence[str] = ()) -> str:
     run = read_summary(summary)
-    word = _STATUS_WORD.get(run.status, run.status)
+    word = (
+        _STATUS_WORD.get(run.status, run.status)
+        if run.succeeded or run.status != "fallback"
+        else "failed"
+    )
     out = [f"## nixbuild {md_escape(word)}: {md_escape(run.installable)}", ""]
     out += [md_escape(headline(run)) + ".", ""]
     out += [f"- **status:** {md_escape(run.status)}", f"- **variant:** {md_escape(run.variant)}"]

@@ -268,6 +268,11 @@ def headline(run: RunView) -> str:
     match run.status:
         case "success":
             return f"built {run.installable} ({run.variant}) in {took} after {attempts}"
+        case "fallback" if not run.succeeded:
+            return (
+                f"built {run.installable} only through the {run.variant} fallback ({attempts}), "
+                "which this run does not accept"
+            )
         case "fallback":
             return f"built {run.installable} only through the {run.variant} fallback ({attempts})"
         case "failed":

@@ -300,6 +300,13 @@ def test_junit_fallback_that_fails_the_job_is_a_failure() -> None:
     assert cases[".#torch-bin"].find("failure") is None
 
 
+def test_step_summary_of_a_refused_fallback_says_failed() -> None:
+    data = {**summary("fallback"), "exit_code": 1}  # --fail-on-fallback
+    text = step_summary_markdown(data)
+    assert text.startswith("## nixbuild failed: .\\#torch\n")
+    assert "which this run does not accept" in text
+
+
 def test_junit_retried_then_success_is_one_passing_case() -> None:
     root = validate_junit(junit_xml(summary("retried")))
     (case,) = root.iter("testcase")
