@@ -354,3 +354,44 @@ def test_missing_optional_keys_render_as_unknowns() -> None:
     text = human_summary(data)
     assert "attempt 1: ? (source), cores ?, max-jobs ?, ?" in text
     assert "diagnosis: oom" in text
+
+
+def test_the_supervisors_summary_has_exactly_the_pinned_keys() -> None:
+    """The producer's side of the contract: build_summary from real model values."""
+    summary_mod = pytest.importorskip("nixbuild.summary")  # the supervisor's summary builder
+    from nixbuild.errors import ExitCode
+    from nixbuild.model import (
+        AttemptRecord,
+        AttemptSpec,
+        Decision,
+        Diagnosis,
+        Evidence,
+        Kind,
+        Mode,
+        Variant,
+    )
+
+    first = AttemptSpec(".#torch", cores=8, max_jobs=1)
+    degraded = AttemptSpec(".#torch", cores=4, max_jobs=1)
+    oom = Diagnosis(Kind.OOM, "oom.cc1plus-killed", "killed", (Evidence(7, "Killed"),), None)
+    records = (
+        AttemptRecord(1, first, ("nix", "build", ".#torch"), "2026-12-04T01:30:00+00:00", 10.0,
+                      1, "attempt-1.log", oom, Decision("degrade", 45.0, degraded)),
+        AttemptRecord(2, degraded, ("nix", "build", ".#torch"), "2026-12-04T01:31:00+00:00", 20.0,
+                      0, "attempt-2.log", None, None, ("/nix/store/x-torch",)),
+    )  # fmt: skip
+    data = summary_mod.build_summary(
+        "20261204T013000-4f2a", None, Mode.BUILD, first, Path("/build/result"),
+        status="success", exit_code=ExitCode.OK, started=0.0, finished=31.0,
+        history=records, outputs=("/nix/store/x-torch",),
+    )  # fmt: skip
+    assert tuple(data) == SUMMARY_KEYS
+    for attempt in data["attempts"]:
+        assert tuple(attempt) == ATTEMPT_KEYS
+    assert tuple(data["attempts"][0]["diagnosis"]) == DIAGNOSIS_KEYS
+    assert tuple(data["attempts"][0]["decision"]) == DECISION_KEYS
+    assert json.loads(json_report(data)) == json.loads(json.dumps(data))
+    assert "decision: degrade to cores 4, max-jobs 1 after 45s" in human_summary(data)
+    validate_junit(junit_xml(data, ("tail",)))
+    assert table_rows(md_tokens(step_summary_markdown(data)))[1][6] == "oom (oom.cc1plus-killed)"
+    assert str(Variant.SOURCE) == data["variant"]
