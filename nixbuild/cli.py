@@ -154,8 +154,36 @@ def show_config(job: str | None, config_path: str | None) -> int:
     return 0
 
 
+@cli.command()
+@click.option("--job", help="only runs of this job")
+@click.option("--installable", help="only runs of this installable")
+@click.option("-n", "--limit", default=20, show_default=True, help="how many runs")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="config file to read"
+)
+def history(job: str | None, installable: str | None, limit: int, config_path: str | None) -> int:
+    """List past runs from the ledger, newest first."""
+    from .runner import show_history
+
+    click.echo(show_history(job, installable, limit, config_path))
+    return 0
+
+
 def _register_optional() -> None:
     """Commands that live in their own modules (kept out of this file to keep it small)."""
+    from .cli_classify import classify_command
+    from .cli_service import doctor_command, service_group
+    from .cli_torch import bench_command, init_command, verify_command
+
+    for command in (
+        classify_command,
+        service_group,
+        doctor_command,
+        init_command,
+        verify_command,
+        bench_command,
+    ):
+        cli.add_command(command)
 
 
 _register_optional()

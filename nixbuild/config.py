@@ -83,6 +83,22 @@ def parse_duration(value: object) -> float:
     return float(total)
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """``536870912``, ``"512M"``, ``"20G"``, ``"1.5GiB"`` → bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value}")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a size like 512M or 20G, got {value!r}")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    return int(number * 1024 ** "_KMGT".index(unit or "_"))
+
+
 def _deadline(value: object) -> str:
     text = str(value)
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", text):
@@ -117,6 +133,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("heartbeat", parse_duration, 30.0, "seconds between heartbeat lines when silent"),
     Option("stall_timeout", parse_duration, None, "stop an attempt silent for this long"),
     Option("grace", parse_duration, 10.0, "seconds between TERM and KILL when stopping nix"),
+    Option(
+        "variant",
+        _choice("auto", "source", "bin"),
+        "source",
+        "preflight choice: source, bin (the -bin fallback), or auto (decided by the machine)",
+    ),
+    Option("network_backoff", parse_duration, 30.0, "first network retry window"),
+    Option("network_backoff_cap", parse_duration, 600.0, "widest network retry window"),
+    Option("network_retries", _int_at_least(0), 4, "network retries per variant"),
+    Option("oom_delay", parse_duration, 45.0, "pause before retrying after out-of-memory"),
+    Option("unknown_stops", _bool, True, "stop on an unrecognised failure (else treat as build)"),
+    Option("watchdog", _bool, True, "stop the build before the kernel's OOM killer does"),
+    Option(
+        "min_free_memory", parse_size, None, "watchdog threshold (default max(256M, 3% of memory))"
+    ),
+    Option("on_success", _str, None, "shell command run when the run succeeds"),
+    Option("on_failure", _str, None, "shell command run when the run fails"),
+    Option("keep_runs", _int_at_least(1), 60, "run directories kept in the log dir"),
+    Option("keep_size", parse_size, 10 * 1024**3, "total size of run directories kept"),
 )
 BY_NAME = {opt.name: opt for opt in OPTIONS}
 

@@ -104,6 +104,36 @@ def attempt_argv(
     return build_argv(nix, spec, out_link=gcroot, extra=extra)
 
 
+# Options of a build command line that change what an installable evaluates to, and so
+# must also be given to `nix eval` when checking that a fallback exists.
+_EVAL_OPTIONS = {
+    "--impure": 0,
+    "--offline": 0,
+    "--accept-flake-config": 0,
+    "--option": 2,
+    "--override-input": 2,
+    "--arg": 2,
+    "--argstr": 2,
+    "--override-flake": 2,
+    "--include": 1,
+    "-I": 1,
+}
+
+
+def eval_passthrough(extra: Sequence[str]) -> list[str]:
+    """The subset of the user's extra nix arguments that matter to evaluation."""
+    kept: list[str] = []
+    i = 0
+    while i < len(extra):
+        arity = _EVAL_OPTIONS.get(extra[i])
+        if arity is None:
+            i += 1
+            continue
+        kept.extend(extra[i : i + 1 + arity])
+        i += 1 + arity
+    return kept
+
+
 _INSTALLABLE_OK = re.compile(r"^[^\s\x00-\x1f]+$")
 
 

@@ -1,17 +1,22 @@
-"""From options to a finished run: resolve config, find nix, plan, supervise, report.
+"""From options to a finished run: resolve config, find nix, preflight, plan, supervise.
 
 The glue between the CLI (parsing) and the supervisor (the loop). Everything that needs
-the outside world before a build (nix's version, a derived fallback's existence, the
-terminal) is looked up here, once, and handed on as plain values.
+the outside world before a build (nix's version, machine facts, a derived fallback's
+existence, the ledger's memory, the job lock) is looked up here, once, and handed on as
+plain values.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -19,13 +24,20 @@ from typing import Any
 
 import click
 
+from . import assess, nixcmd, plan, policy, probe, retention
 from . import config as config_mod
-from . import nixcmd, plan, policy
+from .attempt import AttemptSettings
 from .console import Console
-from .errors import ExitCode, NixMissingError, UsageError
-from .model import Mode
+from .errors import ExitCode, NixMissingError, PreflightRefused, UsageError
+from .ledger import LEDGER_FILENAME, Ledger, describe_run
+from .lock import JobLock
+from .model import AttemptSpec, Mode, Variant
+from .observers import HookObserver, LedgerObserver, NotifyObserver, RunObserver
 from .process import CommandNotFound, run_capture
-from .supervisor import Outcome, RunRequest, Supervisor
+from .summary import Outcome
+from .supervisor import RunRequest, Supervisor
+from .systemd import Notifier
+from .watchdog import default_threshold
 
 FLAG_NAMES = (
     "cores",
@@ -40,6 +52,9 @@ FLAG_NAMES = (
     "stall_timeout",
     "gc",
     "quiet",
+    "variant",
+    "on_success",
+    "on_failure",
 )
 
 
@@ -51,17 +66,9 @@ def probe_nix(environ: Mapping[str, str] | None = None) -> nixcmd.NixInfo:
             "nix is not installed (not found on PATH)", hint=nixcmd.INSTALL_HINT
         ) from None
     if not done.ok:
-        raise NixMissingError(
-            f"`nix --version` failed: {done.stderr.strip() or done.stdout.strip()}"
-        )
+        detail = done.stderr.strip() or done.stdout.strip()
+        raise NixMissingError(f"`nix --version` failed: {detail}")
     return nixcmd.NixInfo(nixcmd.parse_nix_version(done.stdout))
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def stop_time(cfg: config_mod.Config, now: datetime) -> float | None:
@@ -87,63 +94,219 @@ def load_config(
     return config_mod.load(flags, config_path=opts.get("config_path"), job=opts.get("job"))
 
 
+def state_dir_of(cfg: config_mod.Config) -> Path:
+    return cfg.get_path("state_dir") or config_mod.default_state_dir(os.environ)
+
+
+def check_fallback(nix: nixcmd.NixInfo, candidate: str, extra: tuple[str, ...]) -> bool:
+    """Does the derived ``-bin`` installable exist? Asks nix to evaluate it (no build)."""
+    base = candidate.partition("^")[0]
+    argv = [
+        *nixcmd.nix_prefix(nix),
+        "eval",
+        base,
+        "--apply",
+        "x: x ? drvPath",
+        "--json",
+        *nixcmd.eval_passthrough(extra),
+    ]
+    try:
+        done = run_capture(argv, timeout=600)
+    except CommandNotFound:
+        return False
+    return done.ok and done.stdout.strip() == "true"
+
+
+def choose_fallback(
+    cfg: config_mod.Config, nix: nixcmd.NixInfo, target: str, extra: tuple[str, ...], say: Console
+) -> str | None:
+    if cfg["no_fallback"]:
+        return None
+    if cfg["fallback"]:
+        return str(cfg["fallback"])
+    candidate = plan.derive_fallback(target)
+    if candidate is None or cfg["mode"] == "develop":
+        return None  # dev shells live under devShells; a -bin sibling cannot be guessed
+    if check_fallback(nix, candidate, extra):
+        say.say(f"nixbuild: fallback {candidate} exists and will be used if needed", 0)
+        return candidate
+    return None
+
+
+def preflight(
+    cfg: config_mod.Config, console: Console
+) -> tuple[probe.MachineFacts, assess.Assessment]:
+    facts = probe.collect_facts()
+    verdict = assess.assess(facts, assess.Thresholds(), cfg["variant"])
+    if verdict.cannot_succeed:
+        raise PreflightRefused(
+            "preflight refused: " + "; ".join(verdict.refusals),
+            hint="`nixbuild doctor` shows the machine facts",
+        )
+    for warning in verdict.warnings:
+        console.say(f"nixbuild: warning: {warning}", 0)
+    return facts, verdict
+
+
+def first_attempt(
+    cfg: config_mod.Config,
+    target: str,
+    verdict: assess.Assessment,
+    *,
+    remembered: tuple[int, int] | None,
+    fallback: str | None,
+    cores: int,
+) -> AttemptSpec:
+    explicit_cores = cfg["cores"] if cfg.sources["cores"] != "default" else verdict.cores
+    explicit_jobs = cfg["max_jobs"] if cfg.sources["max_jobs"] != "default" else verdict.max_jobs
+    if verdict.variant is Variant.BIN:
+        if fallback is None:
+            raise UsageError(
+                "the prebuilt variant was asked for (--variant bin) but there is none",
+                hint="name it with --fallback INSTALLABLE",
+            )
+        return plan.first_spec(
+            fallback,
+            usable_cpus=cores,
+            cores=explicit_cores,
+            max_jobs=explicit_jobs,
+            variant=Variant.BIN,
+        )
+    return plan.first_spec(
+        target,
+        usable_cpus=cores,
+        cores=explicit_cores,
+        max_jobs=explicit_jobs,
+        remembered=remembered,
+    )
+
+
+def lock_name(job: str | None, target: str) -> str:
+    """Runs of a job lock the job; other runs lock their installable (name made lock-safe)."""
+    if job:
+        return job
+    digest = hashlib.sha256(target.encode()).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", target).strip(".-")[:40]
+    return f"{readable}-{digest}" if readable else digest
+
+
+@contextlib.contextmanager
+def job_lock(state_dir: Path, name: str, console: Console) -> Iterator[None]:
+    with JobLock(state_dir, name, command=sys.argv) as lock:
+        if lock.takeover_message:
+            console.say(f"nixbuild: {lock.takeover_message}", 0)
+        yield
+
+
 def run_supervised(
     mode: str,
     installable: str | None,
     extra: tuple[str, ...],
     command: tuple[str, ...],
     opts: Mapping[str, Any],
-    *,
-    force_mode: bool = True,
 ) -> int:
-    cfg = load_config(opts, installable, mode if force_mode else None)
+    cfg = load_config(opts, installable, None if opts.get("job") else mode)
     target = cfg["installable"] or ".#default"
     reason = nixcmd.check_installable(target)
     if reason is not None:
         raise UsageError(f"malformed installable {target!r}: {reason}")
+    console = Console(
+        sys.stderr, tty=sys.stderr.isatty(), quiet=cfg["quiet"], heartbeat_s=cfg["heartbeat"]
+    )
     nix = probe_nix()
+    facts, verdict = preflight(cfg, console)
     run_mode = Mode(cfg["mode"])
-    state_dir = cfg.get_path("state_dir") or config_mod.default_state_dir(os.environ)
+    state_dir = state_dir_of(cfg)
+    gcroot = _gcroot(cfg, run_mode, state_dir, target)
+    log_dir = Path(cfg["log_dir"]).expanduser()
+    with (
+        job_lock(state_dir, lock_name(cfg.job, target), console),
+        Ledger(state_dir / LEDGER_FILENAME) as ledger,
+    ):
+        ledger.mark_abandoned(host=socket.gethostname())
+        remembered = None if opts.get("fresh") else ledger.last_good_parallelism(target)
+        fallback = choose_fallback(cfg, nix, target, extra, console)
+        first = first_attempt(
+            cfg, target, verdict, remembered=remembered, fallback=fallback, cores=facts.cores
+        )
+        if remembered and first.cores == remembered[0] and cfg.sources["cores"] == "default":
+            console.say(
+                f"nixbuild: starting at cores {first.cores}, max-jobs {first.max_jobs}: "
+                "the last run of this installable succeeded there after running out of "
+                "memory (--fresh ignores this)",
+                0,
+            )
+        request = RunRequest(
+            first=first,
+            log_dir=log_dir,
+            attempt=_attempt_settings(cfg, run_mode, gcroot, extra, command),
+            job=cfg.job,
+            policy=_policy(cfg, fallback),
+        )
+        observers: list[RunObserver] = [
+            LedgerObserver(ledger),
+            NotifyObserver(Notifier()),
+            HookObserver(cfg["on_success"], cfg["on_failure"], lambda t: console.say(t, 0)),
+        ]
+        outcome = Supervisor(request, nix, console, observers=observers).run()
+    retention.prune(
+        log_dir,
+        retention.RetentionPolicy(max_runs=cfg["keep_runs"], max_total_bytes=cfg["keep_size"]),
+        current=outcome.run_id,
+    )
+    _print_result(outcome, request)
+    return int(outcome.exit_code)
+
+
+def _gcroot(cfg: config_mod.Config, mode: Mode, state_dir: Path, target: str) -> Path:
     gcroot = cfg.get_path("out_link")
     if gcroot is None:
         gcroot = (
-            Path("result")
-            if run_mode is Mode.BUILD
-            else state_dir / "profiles" / nixcmd.slug(target)
+            Path("result") if mode is Mode.BUILD else state_dir / "profiles" / nixcmd.slug(target)
         )
     gcroot = gcroot.absolute()
     try:
         gcroot.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {gcroot.parent} for the GC root: {exc.strerror}") from None
-    first = plan.first_spec(
-        target,
-        usable_cpus=usable_cpus(),
-        cores=cfg["cores"],
-        max_jobs=cfg["max_jobs"] if cfg.sources["max_jobs"] != "default" else None,
-    )
-    fallback = None if cfg["no_fallback"] else cfg["fallback"]
-    request = RunRequest(
-        mode=run_mode,
-        first=first,
-        log_dir=Path(cfg["log_dir"]).expanduser(),
+    return gcroot
+
+
+def _attempt_settings(
+    cfg: config_mod.Config,
+    mode: Mode,
+    gcroot: Path,
+    extra: tuple[str, ...],
+    command: tuple[str, ...],
+) -> AttemptSettings:
+    watchdog_bytes = None
+    if cfg["watchdog"]:
+        watchdog_bytes = cfg["min_free_memory"] or default_threshold(
+            probe.read_memory().total_bytes
+        )
+    return AttemptSettings(
+        mode=mode,
         gcroot=gcroot,
         extra_args=extra,
         command=command,
-        job=cfg.job,
-        policy=policy.PolicyConfig(
-            max_attempts=cfg["max_attempts"], gc_allowed=cfg["gc"], fallback=fallback
-        ),
         stop_at=stop_time(cfg, datetime.now()),
         grace_s=cfg["grace"],
         stall_timeout_s=cfg["stall_timeout"],
+        watchdog_bytes=watchdog_bytes,
     )
-    console = Console(
-        sys.stderr, tty=sys.stderr.isatty(), quiet=cfg["quiet"], heartbeat_s=cfg["heartbeat"]
+
+
+def _policy(cfg: config_mod.Config, fallback: str | None) -> policy.PolicyConfig:
+    return policy.PolicyConfig(
+        network_base_s=cfg["network_backoff"],
+        network_cap_s=cfg["network_backoff_cap"],
+        network_retries=cfg["network_retries"],
+        oom_delay_s=cfg["oom_delay"],
+        gc_allowed=cfg["gc"],
+        fallback=fallback,
+        max_attempts=cfg["max_attempts"],
+        unknown_stops=cfg["unknown_stops"],
     )
-    outcome = Supervisor(request, nix, console).run()
-    _print_result(outcome, request)
-    return int(outcome.exit_code)
 
 
 def _print_result(outcome: Outcome, request: RunRequest) -> None:
@@ -160,9 +323,10 @@ def _print_result(outcome: Outcome, request: RunRequest) -> None:
     )
     click.echo(f"nixbuild: summary {outcome.run_dir / 'summary.json'}", err=True)
     if outcome.outputs:
-        what = "dev-shell profile" if request.mode is Mode.DEVELOP else "GC root"
-        click.echo(f"nixbuild: {what} {request.gcroot} -> {outcome.outputs[0]}", err=True)
-        if request.mode is Mode.BUILD:
+        develop = request.attempt.mode is Mode.DEVELOP
+        what = "dev-shell profile" if develop else "GC root"
+        click.echo(f"nixbuild: {what} {request.attempt.gcroot} -> {outcome.outputs[0]}", err=True)
+        if not develop:
             for path in outcome.outputs:
                 click.echo(path)
 
@@ -184,12 +348,12 @@ def run_demo(opts: Mapping[str, Any]) -> int:
 
 def describe_config(job: str | None, config_path: str | None) -> str:
     cfg = config_mod.load({}, config_path=config_path, job=job)
-    state_dir = cfg.get_path("state_dir") or config_mod.default_state_dir(os.environ)
+    state_dir = state_dir_of(cfg)
     rows = [f"config file: {cfg.file or '(none found)'}"]
     if cfg.jobs:
         rows.append(f"jobs: {', '.join(cfg.jobs)}" + (f" (showing {cfg.job})" if cfg.job else ""))
     rows.append(f"state dir: {state_dir}")
-    rows.append(f"ledger: {state_dir / 'ledger.sqlite3'}")
+    rows.append(f"ledger: {state_dir / LEDGER_FILENAME}")
     width = max(len(opt.name) for opt in config_mod.OPTIONS)
     for opt in config_mod.OPTIONS:
         value = cfg.values[opt.name]
@@ -202,3 +366,17 @@ def describe_config(job: str | None, config_path: str | None) -> str:
         )
         rows.append(f"{opt.name.ljust(width)}  {shown:<24} from {cfg.sources[opt.name]}")
     return "\n".join(rows)
+
+
+def show_history(
+    job: str | None, installable: str | None, limit: int, config_path: str | None
+) -> str:
+    cfg = config_mod.load({}, config_path=config_path)
+    path = state_dir_of(cfg) / LEDGER_FILENAME
+    if not path.exists():
+        return f"no runs recorded yet ({path} does not exist)"
+    with Ledger(path) as ledger:
+        rows = ledger.history(job=job, installable=installable, limit=limit)
+    if not rows:
+        return "no matching runs"
+    return "\n".join(describe_run(row) for row in rows)

@@ -36,6 +36,24 @@ def require(tool: str) -> None:
         pytest.skip(f"{tool} not installed")
 
 
+@pytest.fixture(autouse=True)
+def private_user_dirs(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every test gets its own state and config dirs: never the user's ledger, locks or
+    config file, and no NIXBUILD_* settings leaking in from the environment."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    # The systemd user manager fixture owns XDG_CONFIG_HOME: it is that manager's unit path.
+    if "user_manager" not in request.fixturenames:
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    for name in list(os.environ):
+        if name.startswith("NIXBUILD_") and name != "NIXBUILD_VENV":
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def nix_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("nix")

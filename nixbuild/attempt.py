@@ -1,0 +1,248 @@
+"""One attempt: start nix, fan its lines out, watch for reasons to stop it, diagnose.
+
+Lines arrive on sh's reader threads; ``LineFanout`` numbers them once and hands the same
+``LogLine`` to the attempt log, the classifier and the console, so evidence line numbers
+always match ``attempt-N.log``. The main thread meanwhile ticks the console, and stops the
+process group on a signal, the deadline, a stall or the memory watchdog.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import nixcmd, policy
+from .classify import Classifier
+from .console import Console, progress_text
+from .logstream import LogState, parse_line
+from .model import (
+    AttemptRecord,
+    AttemptSpec,
+    Diagnosis,
+    Evidence,
+    ExitInfo,
+    Kind,
+    LogLine,
+    Mode,
+    Source,
+)
+from .process import Supervised
+from .redact import redact_argv, redact_line
+from .rundir import RunFiles
+from .summary import iso
+from .watchdog import MemoryWatchdog
+
+DEADLINE_REACHED = "deadline reached while building"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSettings:
+    """What every attempt of a run shares."""
+
+    mode: Mode
+    gcroot: Path
+    extra_args: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    stop_at: float | None = None  # wall-clock epoch seconds
+    grace_s: float = 10.0
+    stall_timeout_s: float | None = None
+    watchdog_bytes: int | None = None  # None: no memory watchdog
+    env: Mapping[str, str] | None = None
+
+
+class LineFanout:
+    """Receives nix's raw lines (from sh's reader threads) and fans them out, in order."""
+
+    def __init__(self, files: RunFiles, console: Console, clock: Callable[[], float]) -> None:
+        self.files = files
+        self.console = console
+        self.clock = clock
+        self.state = LogState()
+        self.classifier = Classifier()
+        self.lines = 0
+        self.last_activity = clock()
+        self._lock = threading.Lock()
+
+    def feed(self, raw: str) -> None:
+        with self._lock:
+            now = self.clock()
+            self.last_activity = now
+            for produced in self.state.apply(parse_line(raw)):
+                self.lines += 1
+                line = LogLine(
+                    self.lines, redact_line(produced.text), produced.source, produced.drv
+                )
+                self.files.attempt_line(line.text)
+                self.classifier.feed(line)
+                self.console.log_line(line, now)
+
+
+class Attempt:
+    def __init__(
+        self,
+        settings: AttemptSettings,
+        nix: nixcmd.NixInfo,
+        console: Console,
+        files: RunFiles,
+        *,
+        clock: Callable[[], float],
+        interrupted: Callable[[], int | None],
+        progress: Callable[[str], None],
+        tick_s: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.nix = nix
+        self.console = console
+        self.files = files
+        self.clock = clock
+        self.interrupted = interrupted
+        self.progress = progress
+        self.tick_s = tick_s
+        self._tripped: str | None = None
+
+    def run(self, number: int, total: int, spec: AttemptSpec) -> AttemptRecord:
+        cfg = self.settings
+        argv = nixcmd.attempt_argv(
+            self.nix, cfg.mode, spec, gcroot=cfg.gcroot, command=cfg.command, extra=cfg.extra_args
+        )
+        shown = redact_argv(argv)  # what is recorded anywhere: tokens never reach a file
+        self.files.add_command(number, shown)
+        log_name = self.files.open_attempt(number)
+        started = self.clock()
+        self.console.say(
+            f"attempt {number}/{total}: nix {cfg.mode} {spec.installable} "
+            f"(cores {spec.cores}, max-jobs {spec.max_jobs})",
+            started,
+        )
+        self.files.event(
+            "attempt_started",
+            attempt=number,
+            argv=shown,
+            cores=spec.cores,
+            max_jobs=spec.max_jobs,
+            installable=spec.installable,
+            variant=str(spec.variant),
+        )
+        fanout = LineFanout(self.files, self.console, self.clock)
+        external: list[LogLine] = []
+        watchdog = self._watchdog()
+        try:
+            proc = Supervised(argv, on_stdout=fanout.feed, on_stderr=fanout.feed, env=cfg.env)
+        except OSError as exc:
+            fanout.feed(f"nixbuild: could not start nix: {exc}")
+            status: int | None = 127
+            sig: int | None = None
+        else:
+            status, sig, stop_reason = self._watch(proc, fanout, started)
+            if stop_reason is not None:
+                external.append(LogLine(0, stop_reason, Source.EXTERNAL))
+        finally:
+            self.console.done()
+            if watchdog is not None:
+                watchdog.stop()
+        if watchdog is not None and (report := watchdog.oom_kill_report()):
+            external.append(LogLine(0, report, Source.EXTERNAL))
+        diagnosis = self._diagnose(fanout, ExitInfo(status, sig, self.interrupted()), external)
+        outputs = _outputs(cfg.gcroot, cfg.mode) if status == 0 else ()
+        if diagnosis is None and not outputs:
+            diagnosis = Diagnosis(
+                Kind.UNKNOWN,
+                "unknown.no-output",
+                f"nix reported success but {cfg.gcroot} does not point into the store",
+                (Evidence(0, str(cfg.gcroot)),),
+            )
+        self.files.close_attempt()
+        return AttemptRecord(
+            number,
+            spec,
+            shown,
+            iso(started),
+            round(self.clock() - started, 3),
+            status,
+            log_name,
+            diagnosis,
+            None,
+            outputs,
+        )
+
+    def _watchdog(self) -> MemoryWatchdog | None:
+        if self.settings.watchdog_bytes is None:
+            return None
+        self._tripped = None
+
+        def trip(evidence: str) -> None:
+            self._tripped = evidence
+
+        return MemoryWatchdog(self.settings.watchdog_bytes, trip).start()
+
+    def _diagnose(
+        self, fanout: LineFanout, exit_info: ExitInfo, external: Sequence[LogLine]
+    ) -> Diagnosis | None:
+        diagnosis = fanout.classifier.finish(exit_info, external)
+        signum = self.interrupted()
+        if signum is not None:
+            return policy.interruption(signum)
+        if any(line.text == DEADLINE_REACHED for line in external):
+            return Diagnosis(
+                Kind.TIMEOUT,
+                "timeout.deadline",
+                "the run's deadline was reached and nix was stopped",
+                tuple(Evidence(0, e.text) for e in external),
+            )
+        if diagnosis is None and exit_info.status != 0:
+            return Diagnosis(
+                Kind.UNKNOWN,
+                "unknown.nonzero-exit",
+                f"nix exited with status {exit_info.status} and no recognisable error",
+            )
+        return diagnosis
+
+    def _watch(
+        self, proc: Supervised, fanout: LineFanout, started: float
+    ) -> tuple[int | None, int | None, str | None]:
+        """Wait for nix, ticking the console; stop it when a reason to stop appears."""
+        stop_reason: str | None = None
+        while True:
+            status, sig = proc.wait(timeout=self.tick_s)
+            if status is not None or sig is not None:
+                return status, sig, stop_reason
+            now = self.clock()
+            if stop_reason is None:
+                stop_reason = self._stop_reason(now, fanout)
+                if stop_reason is not None:
+                    self.console.say(f"nixbuild: {stop_reason}; stopping nix", now)
+                    proc.stop(self.settings.grace_s)
+                    continue
+            self.console.tick(fanout.state, now - started, now)
+            self.progress(progress_text(fanout.state, now - started))
+
+    def _stop_reason(self, now: float, fanout: LineFanout) -> str | None:
+        cfg = self.settings
+        signum = self.interrupted()
+        if signum is not None:
+            return f"received {signal.Signals(signum).name}"
+        if self._tripped is not None:
+            return self._tripped
+        if cfg.stop_at is not None and now >= cfg.stop_at:
+            return DEADLINE_REACHED
+        if cfg.stall_timeout_s is not None and now - fanout.last_activity >= cfg.stall_timeout_s:
+            return f"stall detector: no output for {int(now - fanout.last_activity)} s"
+        return None
+
+
+def _outputs(gcroot: Path, mode: Mode) -> tuple[str, ...]:
+    """Store paths the GC root(s) point at: success is decided from the store, not the log.
+
+    ``nix build`` adds ``result-dev``-style links for further outputs; a develop profile
+    is one link (its ``-N-link`` generations are not outputs).
+    """
+    candidates = [gcroot]
+    if mode is Mode.BUILD:
+        candidates += sorted(gcroot.parent.glob(gcroot.name + "-*"))
+    return tuple(
+        os.path.realpath(link) for link in candidates if link.is_symlink() and link.exists()
+    )
