@@ -90,7 +90,7 @@ def _block(n: int, build_id: int) -> list[str]:
                     "type": 0,
                 },
                 separators=(",", ":"),
-            )  # fmt: skip
+            )
         )
         lines.append("@nix " + json.dumps({"action": "stop", "id": act}, separators=(",", ":")))
     return lines
