@@ -7,7 +7,7 @@ import tracemalloc
 from collections.abc import Iterable
 
 from nixbuild.classify import Classifier, classify, drv_name
-from nixbuild.model import ExitInfo, Kind, LogLine, Source
+from nixbuild.model import Evidence, ExitInfo, Kind, LogLine, Source
 from nixbuild.textlog import TextLogReader
 
 TORCH = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-python3.12-torch-2.5.1.drv"
@@ -218,3 +218,19 @@ def test_memory_stays_flat_over_a_long_noisy_log() -> None:
     diagnosis = classifier.finish(ExitInfo(status=1))
     assert diagnosis is not None
     assert diagnosis.kind is Kind.OOM
+
+
+def test_the_supervisors_own_evidence_lines_are_understood() -> None:
+    # The exact texts nixbuild's watchdog, cgroup reader and stall detector produce.
+    from nixbuild.watchdog import oom_kill_evidence, trip_evidence
+
+    log = f"building '{TORCH}'...\nerror: builder for '{TORCH}' failed with exit code 2"
+    for text, rule in [
+        (trip_evidence(180 * 2**20, 256 * 2**20), "oom.watchdog"),
+        (oom_kill_evidence(0, 1), "oom.cgroup-oom-kill"),
+        ("stall detector: no output for 3600 s", "timeout.stall"),
+    ]:
+        diagnosis = diagnose(log, ExitInfo(status=1), [LogLine(0, text, Source.EXTERNAL)])
+        assert diagnosis is not None
+        assert diagnosis.rule == rule, text
+        assert diagnosis.evidence[0] == Evidence(0, text)
