@@ -234,3 +234,19 @@ def test_the_supervisors_own_evidence_lines_are_understood() -> None:
         assert diagnosis is not None
         assert diagnosis.rule == rule, text
         assert diagnosis.evidence[0] == Evidence(0, text)
+
+
+def test_current_nix_build_of_cannot_build_wording_with_log_tail() -> None:
+    log = f"""error: build of '{FOO}^*' failed: Cannot build '{FOO}'.
+       Reason: builder failed with exit code 1.
+       Output paths:
+         /nix/store/dfghijklmnpqrsvwxyz0123456789abc-foo-1.0
+       Last 2 log lines:
+       > foo.c:1:1: error: expected identifier before numeric constant
+       > make: *** [Makefile:2: all] Error 1
+       For full logs, run:
+         nix log {FOO}"""
+    diagnosis = diagnose(log, ExitInfo(status=1))
+    assert diagnosis is not None
+    assert (diagnosis.rule, diagnosis.drv) == ("build.compile-error", FOO)
+    assert diagnosis.evidence[0].line == 6
