@@ -376,3 +376,123 @@ def test_notify_service_reaches_active_with_status(
 def test_wait_for_times_out_loudly(user_manager: UserManagerHandle) -> None:
     with pytest.raises(AssertionError, match="LoadState='not-found'"):
         user_manager.wait_for("no-such.service", "LoadState", {"loaded"}, timeout_s=0.3)
+
+
+# --- end to end: the installed units run a real nixbuild job ------------------------------
+
+
+def unit_pids(user_manager: UserManagerHandle, unit: str) -> set[int]:
+    """Every process in the unit's cgroup (the named v1 hierarchy, else v2)."""
+    cgroup = user_manager.show(unit, "ControlGroup")
+    pids: set[int] = set()
+    if not cgroup:
+        return pids
+    for root in ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        tree = Path(root + cgroup)
+        if tree.is_dir():
+            for procs in tree.rglob("cgroup.procs"):
+                pids |= {int(p) for p in procs.read_text().split()}
+            break
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "State:\tZ" not in Path(
+        f"/proc/{pid}/status"
+    ).read_text(errors="replace")
+
+
+def install_job(
+    user_manager: UserManagerHandle,
+    tmp_path: Path,
+    nix_env: dict[str, str],
+    job: str,
+    installable: str,
+) -> Path:
+    """A workdir with a config for ``job``, the units installed, and the test's isolated
+    Nix store given to the service (the manager was started before ``nix_env`` was set)."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "nixbuild.toml").write_text(
+        f'[jobs.{job}]\ninstallable = "{installable}"\nlog_dir = "{tmp_path}/logs"\n'
+        "cores = 1\nmax_attempts = 1\nno_fallback = true\n"
+    )
+    UserManager().install(job, on_calendar="daily", workdir=workdir)
+    env = {**nix_env, "NIX_REMOTE": "", "XDG_STATE_HOME": str(tmp_path / "state")}
+    dropin = user_manager.unit_dir / f"nixbuild@{job}.service.d" / "test-env.conf"
+    dropin.write_text(
+        "[Service]\n" + "".join(f"Environment={unit_quote(f'{k}={v}')}\n" for k, v in env.items())
+    )
+    user_manager.systemctl("daemon-reload")
+    return workdir
+
+
+def last_ledger_row(tmp_path: Path, job: str) -> object:
+    from nixbuild.ledger import Ledger
+
+    with Ledger(tmp_path / "state" / "nixbuild" / "ledger.sqlite3") as ledger:
+        (row,) = ledger.history(job=job, limit=1)
+    return row
+
+
+def wait_for_status(user_manager: UserManagerHandle, unit: str, prefix: str) -> str:
+    """Poll the unit's STATUS= text until it starts with ``prefix`` (bounded)."""
+    status = ""
+    for _ in range(600):
+        status = user_manager.show(unit, "StatusText")
+        if status.startswith(prefix):
+            return status
+        if user_manager.show(unit, "ActiveState") not in {"activating", "active", "reloading"}:
+            break
+        subprocess.run(["/bin/sleep", "0.1"], check=True)
+    pytest.fail(f"{unit}: status {status!r} never started with {prefix!r}")
+
+
+@pytest.mark.nix
+def test_service_runs_a_real_job(
+    user_manager: UserManagerHandle, nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    (flake / "sleep.txt").write_text("5")
+    install_job(user_manager, tmp_path, nix_env, "e2e", f"path:{flake}#slow")
+    service = "nixbuild@e2e.service"
+    # For a Type=notify unit, `start` returns once nixbuild has sent READY=1.
+    user_manager.systemctl("start", service)
+    assert user_manager.show(service, "ActiveState") == "active"
+    wait_for_status(user_manager, service, "attempt 1/1")
+    user_manager.wait_for(service, "ActiveState", {"inactive", "failed"}, timeout_s=120)
+    assert user_manager.show(service, "Result") == "success"
+    assert user_manager.show(service, "ExecMainStatus") == "0"
+    row = last_ledger_row(tmp_path, "e2e")
+    assert getattr(row, "status") == "success"  # noqa: B009 - RunRow from a lazy import
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["job"] == "e2e"
+
+
+@pytest.mark.nix
+def test_systemctl_stop_leaves_no_build_processes(
+    user_manager: UserManagerHandle, nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    (flake / "sleep.txt").write_text("600")
+    install_job(user_manager, tmp_path, nix_env, "e2estop", f"path:{flake}#slow")
+    service = "nixbuild@e2estop.service"
+    user_manager.systemctl("start", service)
+    pids: set[int] = set()
+    for _ in range(1200):  # until the builder's /bin/sleep runs in the unit
+        pids = unit_pids(user_manager, service)
+        comms = {Path(f"/proc/{p}/comm").read_text().strip() for p in pids if alive(p)}
+        if "sleep" in comms:
+            break
+        assert user_manager.show(service, "ActiveState") in {"activating", "active"}
+        subprocess.run(["/bin/sleep", "0.1"], check=True)
+    else:
+        pytest.fail(f"the builder never started; processes {sorted(pids)}")
+    user_manager.systemctl("stop", service)
+    assert not [p for p in pids if alive(p)], "build processes outlived systemctl stop"
+    assert user_manager.show(service, "ActiveState") == "inactive"
+    assert user_manager.show(service, "ExecMainStatus") == "143"
+    row = last_ledger_row(tmp_path, "e2estop")
+    assert getattr(row, "status") == "interrupted"  # noqa: B009 - RunRow from a lazy import
