@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nixbuild.redact import REDACTED, redact_argv, redact_text
+from nixbuild.redact import REDACTED, redact_argv, redact_line, redact_text
 
 GH = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 GL = "glpat-" + "xY12_ab-CDefGHijKLmn"
@@ -38,7 +38,10 @@ TEXT_CASES = [
         f"GET https://h/api?token={REDACTED}&x=1",
     ),
     ("https://h/p?a=1&access_token=zz#f", f"https://h/p?a=1&access_token={REDACTED}#f"),
+    ("https://h/f?apikey=K1&sig=S2", f"https://h/f?apikey={REDACTED}&sig={REDACTED}"),
+    ("https://h/f?AUTH=x", f"https://h/f?AUTH={REDACTED}"),
     ("> Authorization: Bearer abc.def.ghi", f"> Authorization: {REDACTED}"),
+    ("PROXY-AUTHORIZATION: Basic dXNlcjpwYXNz", f"PROXY-AUTHORIZATION: {REDACTED}"),
     ("authorization: token xyz", f"authorization: {REDACTED}"),
     (f"export GITHUB_TOKEN={GH}", f"export GITHUB_TOKEN={REDACTED}"),
     (f"PRIVATE-TOKEN {GL} used", f"PRIVATE-TOKEN {REDACTED} used"),
@@ -67,6 +70,17 @@ def test_redact_text(text: str, expected: str) -> None:
 @pytest.mark.parametrize("text", NEAR_MISSES)
 def test_near_misses_are_left_alone(text: str) -> None:
     assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(("text", "expected"), TEXT_CASES)
+def test_redact_line_prefilter_misses_no_rule(text: str, expected: str) -> None:
+    """redact_line skips the regexes for lines without a hint; every rule must have one."""
+    assert redact_line(text) == expected
+
+
+@pytest.mark.parametrize("text", NEAR_MISSES)
+def test_redact_line_near_misses(text: str) -> None:
+    assert redact_line(text) == text
 
 
 def test_redaction_is_idempotent() -> None:
