@@ -134,7 +134,7 @@ def assess(facts: MachineFacts, thresholds: Thresholds, mode: str) -> Assessment
         if tier == "weak":
             warnings.append(
                 "building from source below the advice: expect out-of-memory retries and "
-                "a long build; --mode bin uses the prebuilt variant"
+                "a long build; variant 'bin' (NIXBUILD_VARIANT=bin) uses the prebuilt package"
             )
     if facts.mem_available_bytes < facts.mem_total_bytes // 2:
         warnings.append(

@@ -21,6 +21,7 @@ from .probe import MachineFacts, collect_facts
 from .retention import is_run_dir_name
 from .service import ServiceStatus, UserManager
 from .systemd import DEFAULT_ON_CALENDAR, service_unit, validate_job_name
+from .watchdog import default_threshold
 
 
 def _job(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -218,28 +219,40 @@ def render_doctor(facts: MachineFacts, thresholds: Thresholds, mode: str) -> tup
 @click.option(
     "--mode",
     type=click.Choice(MODES),
-    default="auto",
-    show_default=True,
-    help="source: build from source; bin: use the -bin variant; auto: decide from the machine",
+    help="source: build from source; bin: the -bin variant; auto: decide from the machine "
+    "[the config's `variant`]",
 )
+@click.option("--job", help="judge for this job of the config file")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config file")
 @click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
-def doctor_command(mode: str, as_json: bool) -> int:
+def doctor_command(
+    mode: str | None, job: str | None, config_path: str | None, as_json: bool
+) -> int:
     """Machine and Nix facts, the thresholds, and the plan nixbuild would choose.
 
     Exits 3 when a build cannot possibly succeed here.
     """
+    cfg = config_mod.load({}, config_path=config_path, job=job)
+    mode = mode or str(cfg["variant"])
     facts = collect_facts()
     thresholds = Thresholds()
+    watchdog_bytes = cfg["min_free_memory"] or default_threshold(facts.mem_total_bytes)
+    watchdog = int(watchdog_bytes) if cfg["watchdog"] else None
     if as_json:
         a = assess(facts, thresholds, mode)
         data: dict[str, Any] = {
             "schema": 1,
             "facts": facts.to_json(),
             "thresholds": thresholds.to_json(),
+            "watchdog_threshold_bytes": watchdog,
             "assessment": a.to_json(),
         }
         click.echo(json.dumps(data, indent=2))
         return int(ExitCode.REFUSED) if a.cannot_succeed else 0
     text, refused = render_doctor(facts, thresholds, mode)
     click.echo(text)
+    if watchdog is not None:
+        click.echo(f"memory watchdog: stops the build below {watchdog // 1024**2} MiB available")
+    else:
+        click.echo("memory watchdog: off")
     return int(ExitCode.REFUSED) if refused else 0

@@ -314,7 +314,14 @@ def test_doctor_json_on_this_machine(nix_env: dict[str, str]) -> None:
     result = CliRunner().invoke(doctor_command, ["--json", "--mode", "bin"], standalone_mode=False)
     assert result.exception is None, result.output
     data = json.loads(result.output)
-    assert sorted(data) == ["assessment", "facts", "schema", "thresholds"]
+    assert sorted(data) == [
+        "assessment",
+        "facts",
+        "schema",
+        "thresholds",
+        "watchdog_threshold_bytes",
+    ]
+    assert data["watchdog_threshold_bytes"] >= 256 * 1024**2
     assert data["schema"] == 1
     assert data["facts"]["store_dir"] == nix_env["NIX_STORE_DIR"]
     assert data["thresholds"]["min_memory_bytes"] == 16 * GiB
