@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from conftest import require
 
 from nixbuild.redact import REDACTED, redact_argv, redact_line, redact_text
 
@@ -122,3 +128,43 @@ def test_redact_argv(argv: list[str], expected: tuple[str, ...]) -> None:
 def test_redacted_argv_never_contains_the_secret() -> None:
     argv = ["nix", "build", "--option", "access-tokens", f"github.com={GH}", "--", GH]
     assert all(GH not in arg for arg in redact_argv(argv))
+
+
+@pytest.mark.nix
+def test_token_never_reaches_the_run_directory_or_the_ledger(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    """A real supervised build given a token with --option access-tokens: no file that
+    nixbuild writes (command lines, attempt logs, events, summary, ledger) contains it."""
+    require("nix")
+    logs = tmp_path / "logs"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nixbuild",
+            "build",
+            f"path:{flake}#ok",
+            "--log-dir",
+            str(logs),
+            "--",
+            "--option",
+            "access-tokens",
+            f"github.com={GH}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert GH not in done.stdout + done.stderr
+    state = Path(os.environ["XDG_STATE_HOME"]) / "nixbuild"
+    written = [p for root in (logs, state) for p in root.rglob("*") if p.is_file()]
+    assert any(p.name == "command.txt" for p in written)
+    assert any(p.name.startswith("ledger") for p in written)
+    command = next(p for p in written if p.name == "command.txt").read_text()
+    assert f"--option access-tokens '{REDACTED}'" in command  # recorded, value hidden
+    leaks = [p for p in written if GH.encode() in p.read_bytes()]
+    assert leaks == []
