@@ -44,6 +44,7 @@ _FAILED_DRV = re.compile(
     rf"builder for {_Q}({_QT}+){_Q} failed|build of {_Q}({_QT}+){_Q} on {_Q}"
     rf"|hash mismatch in fixed-output derivation\s+{_Q}({_QT}+){_Q}"
     rf"|building of {_Q}({_QT}+?\.drv)(?:[!^]{_QT}*)?{_Q}.* timed out"
+    rf"|is required to build {_Q}({_QT}+){_Q}"
 )
 _CANNOT_BUILD = re.compile(rf"Cannot build {_Q}({_QT}+){_Q}")
 _TOP_LEVEL_FAILED = re.compile(rf"build of {_Q}({_QT}+?)(?:\^\S*)?{_Q}.* failed")

@@ -75,7 +75,7 @@ def test_successful_builds_yield_no_failure(name: str) -> None:
         ("068-build.log", "build.sandboxed-network", "claude-code-1.0.56"),
         ("070-build.log", "build.require-file", "PureRef-1.11.1_x64.Appimage"),
         ("043-hash.log", "hash.fixed-output-mismatch", "Packages"),
-        ("037-network.log", "network.ssh-builder", None),
+        ("037-network.log", "network.ssh-builder", "firefox-unwrapped-135.0"),
     ],
 )
 def test_distinctive_logs_get_the_expected_rule_and_derivation(
