@@ -143,8 +143,18 @@ def test_fetch_from_a_server_answering_503_is_network(
 LIMIT = 96 * 1024 * 1024
 
 
+def _swap_on() -> bool:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("SwapTotal:"):
+            return int(line.split()[1]) > 0
+    return False
+
+
 def _memory_cgroup(name: str) -> tuple[Path, Callable[[], int], Callable[[], None]] | str:
-    """A memory-limited cgroup: (cgroup.procs path, oom_kill counter, cleanup), or why not."""
+    """A memory-limited cgroup: (cgroup.procs path, oom_kill counter, cleanup), or why not.
+
+    Without a swap limit the kernel would swap the allocation out instead of killing it,
+    so a machine with swap needs the cgroup's swap limit too."""
     if os.geteuid() != 0:
         return "creating cgroups needs root"
     mounts = Path("/proc/self/mounts").read_text().splitlines()
@@ -156,7 +166,12 @@ def _memory_cgroup(name: str) -> tuple[Path, Callable[[], int], Callable[[], Non
             try:
                 path.mkdir()
                 (path / "memory.max").write_text(f"{LIMIT}\n")
-                (path / "memory.swap.max").write_text("0\n")
+                swap = path / "memory.swap.max"
+                if swap.exists():
+                    swap.write_text("0\n")
+                elif _swap_on():
+                    path.rmdir()
+                    return "swap is on and this cgroup v2 has no swap limit (memory.swap.max)"
             except OSError as exc:
                 shutil.rmtree(path, ignore_errors=True)
                 return f"cgroup v2 at {root} refused a memory limit: {exc}"
@@ -177,6 +192,9 @@ def _memory_cgroup(name: str) -> tuple[Path, Callable[[], int], Callable[[], Non
             swap = path / "memory.memsw.limit_in_bytes"
             if swap.exists():
                 swap.write_text(f"{LIMIT}\n")
+            elif _swap_on():
+                path.rmdir()
+                return "swap is on and this cgroup v1 has no swap accounting (memsw)"
         except OSError as exc:
             shutil.rmtree(path, ignore_errors=True)
             return f"cgroup v1 memory controller at {root} refused a limit: {exc}"
