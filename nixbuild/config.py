@@ -99,6 +99,13 @@ def parse_size(value: object) -> int:
     return int(number * 1024 ** "_KMGT".index(unit or "_"))
 
 
+def parse_delay(value: object) -> float:
+    """Like ``parse_duration`` but 0 is allowed: no wait at all."""
+    if value in (0, "0", 0.0):
+        return 0.0
+    return parse_duration(value)
+
+
 def _deadline(value: object) -> str:
     text = str(value)
     if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", text):
@@ -139,10 +146,10 @@ OPTIONS: tuple[Option, ...] = (
         "source",
         "preflight choice: source, bin (the -bin fallback), or auto (decided by the machine)",
     ),
-    Option("network_backoff", parse_duration, 30.0, "first network retry window"),
-    Option("network_backoff_cap", parse_duration, 600.0, "widest network retry window"),
+    Option("network_backoff", parse_delay, 30.0, "first network retry window"),
+    Option("network_backoff_cap", parse_delay, 600.0, "widest network retry window"),
     Option("network_retries", _int_at_least(0), 4, "network retries per variant"),
-    Option("oom_delay", parse_duration, 45.0, "pause before retrying after out-of-memory"),
+    Option("oom_delay", parse_delay, 45.0, "pause before retrying after out-of-memory"),
     Option("unknown_stops", _bool, True, "stop on an unrecognised failure (else treat as build)"),
     Option("watchdog", _bool, True, "stop the build before the kernel's OOM killer does"),
     Option(

@@ -58,8 +58,9 @@ def build_argv(
         "--out-link",
         str(out_link),
         *parallelism_args(spec),
-        *LOG_ARGS,
         *extra,
+        # Last: nix applies options in order, and a user's -L would reset the log format.
+        *LOG_ARGS,
     ]
 
 
@@ -83,8 +84,8 @@ def develop_argv(
         "--profile",
         str(profile),
         *parallelism_args(spec),
-        *LOG_ARGS,
         *extra,
+        *LOG_ARGS,
         "--command",
         *(command or ("true",)),
     ]

@@ -55,6 +55,7 @@ FLAG_NAMES = (
     "variant",
     "on_success",
     "on_failure",
+    "oom_delay",
 )
 
 
@@ -340,8 +341,14 @@ def run_demo(opts: Mapping[str, Any]) -> int:
             if entry.name.endswith(".nix"):
                 (workdir / entry.name).write_text(entry.read_text())
         (workdir / "nonce.txt").write_text(os.urandom(8).hex())
+        demo = dict(opts)
+        # Start high so the ladder shows even on a small machine; keep the pauses short.
+        demo.setdefault("cores", None)
+        demo["cores"] = demo["cores"] or 8
+        demo["fallback"] = demo.get("fallback") or f"path:{workdir}#demo-app-bin"
+        demo["oom_delay"] = 1
         # --offline: the demo needs nothing from a binary cache and must not wait for one.
-        return run_supervised("build", f"path:{workdir}#default", ("--offline",), (), opts)
+        return run_supervised("build", f"path:{workdir}#default", ("--offline",), (), demo)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

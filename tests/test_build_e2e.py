@@ -90,7 +90,9 @@ def test_extra_nix_args_pass_through(nix_env: dict[str, str], flake: Path, tmp_p
     )
     assert result.returncode == 0, result.stderr
     command = (only_run_dir(logs) / "command.txt").read_text()
-    assert command.rstrip().endswith("--show-trace --option max-silent-time 600")
+    assert command.rstrip().endswith(
+        "--show-trace --option max-silent-time 600 --log-format internal-json -v"
+    )
 
 
 def test_build_failure_is_diagnosed(nix_env: dict[str, str], flake: Path, tmp_path: Path) -> None:
