@@ -7,6 +7,7 @@ results, nix messages), ending in a real-looking failure (cc1plus killed, make e
 nix's "builder for … failed"). Then it runs, each in its own process so peak RSS is its own:
 
 * nixbuild: read_log_lines → Classifier.feed → finish, exactly as `nixbuild classify FILE`
+  (and read_log_lines alone, so the classifier's own share shows)
 * jq: `jq -cR 'ltrimstr("@nix ") | fromjson' FILE > /dev/null` — parse every line as JSON
   and print it compactly (`jq -c .` cannot read the `@nix ` prefixes itself), the figure
   to beat
@@ -191,7 +192,9 @@ def main() -> int:
               f"{time.perf_counter() - started:.1f} s")  # fmt: skip
 
         rows = []
-        wall, rss, out = run_child([sys.executable, "-c", CLASSIFY, str(log)])
+        wall, rss, _ = run_child([sys.executable, "-c", CLASSIFY, str(log), "parse"])
+        rows.append(("read_log_lines only (parsing, no classifier)", wall, rss))
+        wall, rss, out = run_child([sys.executable, "-c", CLASSIFY, str(log), "classify"])
         result = json.loads(out)
         diagnosis = result["diagnosis"] or {}
         rows.append(("nixbuild classify (streaming)", wall, rss))
