@@ -1,0 +1,371 @@
+"""Benchmark: time to success under real faults, real Nix — nixbuild vs a shell loop vs an oracle.
+
+Three strategies on the same scenario, each from a clean start (its own nonce or its own
+download, its own nixbuild state directory):
+
+* nixbuild: ``nixbuild build X`` with its defaults, except that its waits are shortened by
+  the same factor as the shell loop's sleep (``--loop-sleep`` / 60 s): the
+  ``network_backoff`` and ``oom_delay`` settings, through their environment twins
+  ``NIXBUILD_NETWORK_BACKOFF`` / ``NIXBUILD_OOM_DELAY`` (whole seconds, at least 1). The
+  pause before a retry after an ordinary build failure (5 s) has no setting and is kept.
+* shell loop: ``until nix build X …; do sleep S; done``, run by bash as written, bounded to
+  ``--loop-tries`` tries; S = ``--loop-sleep`` (default 5 s instead of the usual 60 s, the
+  same in every scenario).
+* oracle: one ``nix build`` that starts with the settings that work.
+
+Scenarios:
+
+* oom: the fixture flake's ``cores`` fails above 2 cores (cc1plus killed). On this machine
+  nixbuild would start at 2 cores and never see the failure, so every strategy's first
+  attempt is forced to 8 cores (``--cores 8`` / ``--option cores 8``); the oracle uses 2.
+* network: a fixed-output ``<nix/fetchurl.nix>`` download from a local HTTP server that
+  answers 503 twice, then serves the file. Nix retries a 503 by itself
+  (``download-attempts``, default 5, ~1 s), which would hide the fault, so the nixbuild and
+  shell-loop runs pass ``--option download-attempts 1``; the oracle passes 3.
+* bin fallback: the fixture's ``alwaysfail`` fails at any parallelism; ``alwaysfail-bin``
+  builds. nixbuild derives that fallback itself; the oracle builds ``alwaysfail-bin``.
+
+Reported per strategy: outcome, wall time, wasted build time (time spent in attempts that
+failed) and time spent waiting between attempts.
+
+    .venv/bin/python tests/perf/bench_recovery.py [--loop-sleep 5] [--loop-tries 4]
+
+Figures are printed, never asserted. When nixbuild lacks a setting this needs, the
+scenario says so instead of printing a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import json
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c  # a script directory, not a package
+
+SECTION = "time to success"
+USUAL_LOOP_SLEEP_S = 60.0
+# nixbuild's defaults for the waits it lets a user configure (nixbuild config).
+WAIT_SETTINGS = {"network_backoff": 30.0, "oom_delay": 45.0}
+
+FETCH_FLAKE = """{
+  # A fixed-output download whose URL and hash the benchmark writes before each run.
+  outputs = { self }: {
+    packages.x86_64-linux.fetch = import <nix/fetchurl.nix> {
+      url = builtins.readFile ./url.txt;
+      sha256 = builtins.readFile ./sha256.txt;
+    };
+  };
+}
+"""
+
+LOOP = r"""
+tries=0
+until started=$EPOCHREALTIME; "$@"; do
+  echo "$started $EPOCHREALTIME" >> "$FAILED_LOG"
+  tries=$((tries + 1))
+  if [ "$tries" -ge "$LOOP_TRIES" ]; then exit 1; fi
+  sleep "$LOOP_SLEEP"
+done
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    ok: bool
+    wall_s: float
+    wasted_s: float  # time in failed attempts
+    waiting_s: float  # time between attempts, by choice
+    attempts: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    installable: str
+    loop_args: tuple[str, ...]  # nix options of the shell loop's `nix build`
+    nixbuild_args: tuple[str, ...]  # nixbuild's options, then `--` and nix's if any
+    oracle_installable: str
+    oracle_args: tuple[str, ...]
+    prepare: str  # what to do before each strategy: "nonce" or "download"
+
+
+# -- a flaky HTTP server --------------------------------------------------------------------
+
+
+class FlakyServer:
+    """Serves registered files on 127.0.0.1, answering 503 to the first requests of each."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, int]] = {}
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with server.lock:
+                    data, failures = server.files.get(self.path, (b"", -1))
+                    if failures > 0:
+                        server.files[self.path] = (data, failures - 1)
+                if failures < 0:
+                    self.send_error(404)
+                elif failures > 0:
+                    self.send_error(503)
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FlakyServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def add(self, path: str, data: bytes, failures: int) -> str:
+        with self.lock:
+            self.files[path] = (data, failures)
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}{path}"
+
+
+# -- the three strategies -----------------------------------------------------------------
+
+
+def run_nixbuild(scn: Scenario, root: Path, env: dict[str, str], waits: dict[str, str]) -> Result:
+    run_env = dict(env, XDG_STATE_HOME=str(root / "nixbuild-state"))
+    for name, value in waits.items():
+        run_env["NIXBUILD_" + name.upper()] = value
+    logs = root / "nixbuild-logs"
+    argv = c.nixbuild_argv(
+        "build",
+        scn.installable,
+        "--quiet",
+        "--log-dir",
+        str(logs),
+        "--out-link",
+        str(root / "result-nixbuild"),
+        *scn.nixbuild_args,
+    )
+    wall, done = c.timed_run(argv, run_env, timeout=1800)
+    summaries = list(logs.glob("*/summary.json"))
+    if not summaries:
+        return Result(False, wall, 0.0, 0.0, 0, f"no summary (exit {done.returncode})")
+    summary = json.loads(summaries[0].read_text())
+    attempts = summary["attempts"]
+    wasted = sum(a["duration_s"] for a in attempts if a["diagnosis"] is not None)
+    waiting = sum((a["decision"] or {}).get("delay_s", 0.0) for a in attempts)
+    steps = " → ".join(_describe_attempt(a) for a in attempts)
+    return Result(
+        done.returncode == 0,
+        wall,
+        wasted,
+        waiting,
+        len(attempts),
+        f"status {summary['status']}: {steps}",
+    )
+
+
+def _describe_attempt(attempt: dict[str, object]) -> str:
+    where = f"{attempt['variant']} c{attempt['cores']}"
+    diagnosis = attempt["diagnosis"]
+    if isinstance(diagnosis, dict):
+        return f"{where} {diagnosis.get('kind')}"
+    return f"{where} ok"
+
+
+def run_loop(scn: Scenario, root: Path, env: dict[str, str], sleep_s: float, tries: int) -> Result:
+    failed_log = root / "loop-failed.log"
+    failed_log.write_text("")
+    nix = c.nix_build_plain(scn.installable, root / "result-loop")
+    loop_env = dict(
+        env, FAILED_LOG=str(failed_log), LOOP_TRIES=str(tries), LOOP_SLEEP=f"{sleep_s:g}"
+    )
+    wall, done = c.timed_run(
+        ["bash", "-c", LOOP, "loop", *nix, *scn.loop_args], loop_env, timeout=1800
+    )
+    failures = [tuple(map(float, line.split())) for line in failed_log.read_text().splitlines()]
+    wasted = sum(end - start for start, end in failures)
+    attempts = len(failures) + (1 if done.returncode == 0 else 0)
+    waiting = sleep_s * (len(failures) - (0 if done.returncode == 0 else 1))
+    return Result(done.returncode == 0, wall, wasted, max(0.0, waiting), attempts)
+
+
+def run_oracle(scn: Scenario, root: Path, env: dict[str, str]) -> Result:
+    nix = c.nix_build_plain(scn.oracle_installable, root / "result-oracle")
+    wall, done = c.timed_run([*nix, *scn.oracle_args], env, timeout=1800)
+    ok = done.returncode == 0
+    return Result(ok, wall, 0.0 if ok else wall, 0.0, 1)
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+def scenarios(fixture: Path, fetch: Path) -> list[Scenario]:
+    return [
+        Scenario(
+            "oom (fails above 2 cores)",
+            f"path:{fixture}#cores",
+            ("--option", "cores", "8"),
+            ("--cores", "8"),
+            f"path:{fixture}#cores",
+            ("--option", "cores", "2"),
+            "nonce",
+        ),
+        Scenario(
+            "network (503 twice, then OK)",
+            f"path:{fetch}#fetch",
+            ("--option", "download-attempts", "1"),
+            ("--", "--option", "download-attempts", "1"),
+            f"path:{fetch}#fetch",
+            ("--option", "download-attempts", "3"),
+            "download",
+        ),
+        Scenario(
+            "source always fails, -bin exists",
+            f"path:{fixture}#alwaysfail",
+            (),
+            (),
+            f"path:{fixture}#alwaysfail-bin",
+            (),
+            "nonce",
+        ),
+    ]
+
+
+def prepare(scn: Scenario, fixture: Path, fetch: Path, server: FlakyServer, tag: str) -> None:
+    """A clean start: new derivations (nonce), or a new file to download (new hash)."""
+    if scn.prepare == "nonce":
+        c.new_nonce(fixture)
+        return
+    data = f"payload for {tag} at {time.time_ns()}\n".encode()
+    url = server.add(f"/{tag}-{time.time_ns()}.tar.gz", data, failures=2)
+    (fetch / "url.txt").write_text(url)
+    (fetch / "sha256.txt").write_text(hashlib.sha256(data).hexdigest())
+
+
+def missing_settings() -> list[str]:
+    from nixbuild import config
+
+    return [name for name in WAIT_SETTINGS if name not in config.BY_NAME]
+
+
+def scaled_waits(loop_sleep_s: float) -> dict[str, str]:
+    factor = loop_sleep_s / USUAL_LOOP_SLEEP_S
+    return {name: f"{max(1, round(v * factor))}s" for name, v in WAIT_SETTINGS.items()}
+
+
+def run(
+    loop_sleep_s: float, loop_tries: int, only: Sequence[str] = (), keep: bool = False
+) -> list[c.Row]:
+    missing = missing_settings()
+    if missing:
+        return [
+            c.Row(
+                SECTION,
+                "all scenarios",
+                "NOT RUN",
+                f"nixbuild has no setting {', '.join(missing)}: its waits cannot be shortened",
+            )
+        ]
+    waits = scaled_waits(loop_sleep_s)
+    waits_text = ", ".join(f"{k}={v}" for k, v in waits.items())
+    rows = [
+        c.Row(
+            SECTION,
+            "settings",
+            f"loop sleep {loop_sleep_s:g} s, {loop_tries} tries",
+            f"nixbuild waits scaled by the same factor: {waits_text} (env NIXBUILD_*)",
+        )
+    ]
+    with c.work_dir("nixbuild-bench-recovery-", keep) as root, FlakyServer() as srv:
+        env = c.isolated_env(root / "nix")
+        fixture = c.copy_flake(root / "fixture")
+        fetch = root / "fetch"
+        fetch.mkdir()
+        (fetch / "flake.nix").write_text(FETCH_FLAKE)
+        for scn in scenarios(fixture, fetch):
+            if only and not any(word in scn.name for word in only):
+                continue
+            results: dict[str, Result] = {}
+            for strategy in ("nixbuild", "shell loop", "oracle"):
+                work = root / f"{scn.prepare}-{len(rows)}-{strategy.replace(' ', '-')}"
+                work.mkdir()
+                prepare(scn, fixture, fetch, srv, work.name)
+                if strategy == "nixbuild":
+                    results[strategy] = run_nixbuild(scn, work, env, waits)
+                elif strategy == "shell loop":
+                    results[strategy] = run_loop(scn, work, env, loop_sleep_s, loop_tries)
+                else:
+                    results[strategy] = run_oracle(scn, work, env)
+            rows += scenario_rows(scn.name, results)
+    return rows
+
+
+def scenario_rows(name: str, results: dict[str, Result]) -> list[c.Row]:
+    rows = []
+    for strategy, res in results.items():
+        outcome = "built" if res.ok else "FAILED"
+        rows.append(
+            c.Row(
+                SECTION,
+                f"{name}: {strategy}",
+                f"{outcome} in {c.fmt_s(res.wall_s)}",
+                f"{res.attempts} attempt(s); wasted build {res.wasted_s:.1f} s; "
+                f"waiting {res.waiting_s:.1f} s" + (f"; {res.detail}" if res.detail else ""),
+            )
+        )
+    nb, oracle, loop = results["nixbuild"], results["oracle"], results["shell loop"]
+    if nb.ok and oracle.ok:
+        working = nb.wall_s - nb.waiting_s
+        rows.append(
+            c.Row(
+                SECTION,
+                f"{name}: nixbuild / oracle",
+                f"{nb.wall_s / oracle.wall_s:.1f}x",
+                f"without nixbuild's chosen waits {working / oracle.wall_s:.1f}x; shell loop "
+                + (f"{loop.wall_s / oracle.wall_s:.1f}x" if loop.ok else "did not succeed")
+                + " (target: nixbuild within 1.3x)",
+            )
+        )
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop-sleep", type=float, default=5.0, help="shell loop sleep in seconds [5]"
+    )
+    parser.add_argument("--loop-tries", type=int, default=4, help="shell loop bound [4]")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument(
+        "--only", action="append", default=[], help="run scenarios whose name contains this"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    c.print_rows(run(args.loop_sleep, args.loop_tries, args.only, args.keep))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Benchmark: log throughput of nixbuild's per-line path, and its CPU share in a real build.
+
+1. A generated internal-json log (``_common.iter_internal_json``: a long source build's
+   mix) goes through the supervisor's per-line path — ``logstream.parse_line``,
+   ``LogState.apply`` (per-derivation tails, phases, progress) and
+   ``classify.Classifier.feed`` — and the same bytes through ``jq -c . >/dev/null`` (on
+   the JSON payload, the ``@nix `` prefix removed, since jq needs JSON) and ``grep -c``.
+2. A real build that prints lines as fast as bash can (the fixture flake's ``chatty``),
+   once under ``nixbuild build --quiet`` and once under bare ``nix build``: wall time,
+   and the CPU time of nixbuild itself, of nix and of the builder (from /proc/PID/stat).
+
+    .venv/bin/python tests/perf/bench_throughput.py [--lines 2000000] [--chatty-lines 200000]
+    .venv/bin/python tests/perf/bench_throughput.py --full     # the issue's 5,000,000 lines
+
+Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c  # a script directory, not a package
+
+SECTION = "log throughput"
+SECTION_CPU = "CPU share, real chatty build"
+
+
+def _rate(lines: int, size: int, seconds: float) -> str:
+    return f"{lines / seconds / 1e3:,.0f} k lines/s, {size / seconds / 1e6:,.1f} MB/s"
+
+
+def pipeline_rows(lines: int, workdir: Path) -> list[c.Row]:
+    log = workdir / "generated.log"
+    size = c.write_internal_json(log, lines)
+    payload = workdir / "generated.json"
+    with log.open("rb") as src, payload.open("wb") as dst:
+        for raw in src:
+            dst.write(raw[5:])  # drop "@nix "
+    payload_size = payload.stat().st_size
+
+    start = time.perf_counter()
+    cpu = time.process_time()
+    with log.open(encoding="utf-8") as fh:
+        produced = c.consume(fh)
+    nixbuild_s = time.perf_counter() - start
+    nixbuild_cpu = time.process_time() - cpu
+
+    jq_s, jq = _timed(["jq", "-c", ".", str(payload)])
+    grep_s, grep = _timed(["grep", "-c", "error", str(log)])
+    note = f"{lines:,} lines, {size / 1e6:,.0f} MB; {produced:,} human lines out"
+    rows = [
+        c.Row(
+            SECTION,
+            "nixbuild parse + tails + classify",
+            _rate(lines, size, nixbuild_s),
+            f"{note}; {nixbuild_s:.1f} s wall, {nixbuild_cpu:.1f} s CPU, one core",
+        ),
+        c.Row(
+            SECTION,
+            "jq -c . >/dev/null",
+            _rate(lines, payload_size, jq_s) if jq == 0 else f"jq failed ({jq})",
+            f"same JSON without the '@nix ' prefix; {jq_s:.1f} s",
+        ),
+        c.Row(
+            SECTION,
+            "grep -c error",
+            _rate(lines, size, grep_s) if grep in (0, 1) else f"grep failed ({grep})",
+            f"same file; {grep_s:.2f} s",
+        ),
+        c.Row(
+            SECTION,
+            "nixbuild / jq speed",
+            f"{jq_s / nixbuild_s:.2f}x",
+            "above 1 means nixbuild is faster than jq (target: faster than jq)",
+        ),
+    ]
+    log.unlink()
+    payload.unlink()
+    return rows
+
+
+def _timed(argv: list[str]) -> tuple[float, int]:
+    if shutil.which(argv[0]) is None:
+        return float("nan"), 127
+    start = time.perf_counter()
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - start, done.returncode
+
+
+@dataclass(frozen=True, slots=True)
+class BuildCpu:
+    wall_s: float
+    top_self_s: float  # the command we started (nixbuild, or nix for the bare build)
+    nix_self_s: float  # nix's own CPU, all its processes (for the bare build, = top_self_s)
+    builder_s: float  # the builder: bash and anything it runs
+    builder_wall_s: float
+
+
+def run_observed(argv: list[str], env: dict[str, str], nix_is_top: bool) -> BuildCpu:
+    """Run ``argv``, sampling its process tree every 20 ms; read the exact totals at exit.
+
+    The command is left unreaped at exit so its own /proc/PID/stat (utime, stime and the
+    cutime/cstime of everything it reaped) can still be read. Per-descendant figures are
+    the last sample, so each may miss up to 20 ms of CPU.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last: dict[int, c.ProcStat] = {}
+    builder_first: float | None = None
+    builder_last = 0.0
+    while True:
+        try:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+        except ChildProcessError:
+            info = None
+        if info is not None:
+            break
+        stats = c.all_stats()
+        for stat in c.descendants(proc.pid, stats):
+            last[stat.pid] = stat
+            if stat.comm == "bash":
+                now = time.perf_counter()
+                builder_first = builder_first if builder_first is not None else now
+                builder_last = now
+        time.sleep(0.02)
+    wall = time.perf_counter() - start
+    final = c.proc_stat(proc.pid)
+    proc.wait()
+    top_self = final.self_s if final else float("nan")
+    builder = sum(s.self_s + s.children_s for s in last.values() if s.comm == "bash")
+    # Every nix process nixbuild started (version probe, fallback check, the build).
+    nix_self = top_self if nix_is_top else sum(s.self_s for s in last.values() if s.comm == "nix")
+    builder_wall = builder_last - builder_first if builder_first is not None else float("nan")
+    return BuildCpu(wall, top_self, nix_self, builder, builder_wall)
+
+
+def chatty_rows(lines: int, root: Path) -> list[c.Row]:
+    env = c.isolated_env(root / "nix")
+    flake = c.copy_flake(root / "flake", lines_txt=str(lines))
+    installable = f"path:{flake}#chatty"
+    # Warm up: the flake's source copy and the evaluation cache, so neither run pays for it.
+    c.new_nonce(flake)
+    _, warm = c.timed_run(c.nix_build_argv(installable, root / "warm", 2, 1), env, timeout=1800)
+    c.must_succeed("warm-up nix build of chatty", warm)
+
+    c.new_nonce(flake)
+    supervised = run_observed(
+        c.nixbuild_argv(
+            "build",
+            installable,
+            "--quiet",
+            "--cores",
+            "2",
+            "--max-jobs",
+            "1",
+            "--log-dir",
+            str(root / "logs"),
+            "--out-link",
+            str(root / "result-nixbuild"),
+        ),
+        env,
+        nix_is_top=False,
+    )
+    if not (root / "result-nixbuild").exists():
+        return [c.Row(SECTION_CPU, "nixbuild build chatty", "FAILED", "see the run's logs")]
+    c.new_nonce(flake)
+    bare = run_observed(c.nix_build_argv(installable, root / "result-bare", 2, 1), env, True)
+    if not (root / "result-bare").exists():
+        return [c.Row(SECTION_CPU, "nix build chatty", "FAILED", "bare nix failed")]
+    busy = supervised.top_self_s + supervised.nix_self_s + supervised.builder_s
+    how = f"{lines:,} lines; CPU from /proc/PID/stat"
+    return [
+        c.Row(
+            SECTION_CPU,
+            "nixbuild CPU / builder CPU",
+            f"{supervised.top_self_s:.2f} s / {supervised.builder_s:.2f} s",
+            f"{how}; nixbuild = {supervised.top_self_s / busy:.0%} of all CPU used",
+        ),
+        c.Row(
+            SECTION_CPU,
+            "nix CPU under nixbuild / bare",
+            f"{supervised.nix_self_s:.2f} s / {bare.nix_self_s:.2f} s",
+            "under nixbuild nix also encodes every line as internal-json",
+        ),
+        c.Row(
+            SECTION_CPU,
+            "builder wall under nixbuild / bare nix",
+            f"{supervised.builder_wall_s:.2f} s / {bare.builder_wall_s:.2f} s",
+            f"ratio {supervised.builder_wall_s / bare.builder_wall_s:.2f}: above 1 means the "
+            "builder was slowed (it blocks when the log pipe is not drained)",
+        ),
+        c.Row(
+            SECTION_CPU,
+            "total wall nixbuild / bare nix",
+            f"{supervised.wall_s:.2f} s / {bare.wall_s:.2f} s",
+            f"ratio {supervised.wall_s / bare.wall_s:.2f}",
+        ),
+    ]
+
+
+def run(lines: int, chatty_lines: int) -> list[c.Row]:
+    with tempfile.TemporaryDirectory(prefix="nixbuild-bench-throughput-") as tmp:
+        root = Path(tmp)
+        rows = pipeline_rows(lines, root)
+        if chatty_lines > 0:
+            rows += chatty_rows(chatty_lines, root)
+        return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lines", type=int, default=2_000_000, help="generated log lines")
+    parser.add_argument(
+        "--chatty-lines", type=int, default=200_000, help="lines the real chatty build prints"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--full", action="store_true", help="the issue's sizes: 5 M and 1 M")
+    args = parser.parse_args()
+    if args.full:
+        args.lines, args.chatty_lines = 5_000_000, 1_000_000
+    c.print_rows(run(args.lines, args.chatty_lines))
+
+
+if __name__ == "__main__":
+    main()
