@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require
 
 from nixbuild import probe
 from nixbuild.watchdog import MemoryWatchdog, MiB, default_threshold
@@ -127,3 +133,73 @@ def test_real_memory_hog_trips_the_watchdog() -> None:
         if hog.poll() is None:
             hog.kill()
         hog.wait()
+
+
+HUNGRY_FLAKE = """
+{
+  outputs = { self }: {
+    packages.x86_64-linux.default = derivation {
+      name = "hungry-1.0";
+      system = "x86_64-linux";
+      builder = "/bin/bash";
+      nonce = "NONCE";
+      args = [ "-c" ''
+        echo "allocating BYTES bytes"
+        /usr/bin/python3 -c 'import time; b = b"\\x01" * BYTES; time.sleep(600)'
+        mkdir -p $out
+      '' ];
+    };
+  };
+}
+"""
+
+
+@pytest.mark.nix
+def test_supervised_build_is_stopped_by_the_watchdog_as_oom(
+    nix_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The whole stack: a real builder allocates more than the margin between available
+    memory and a threshold set just below it; nixbuild stops the build early and records an
+    ``oom`` diagnosis whose evidence is the watchdog's."""
+    require("nix")
+    require("python3")
+    flake = tmp_path / "flake"
+    flake.mkdir()
+    hog_bytes = 1200 * MiB
+    text = HUNGRY_FLAKE.replace("BYTES", str(hog_bytes)).replace("NONCE", os.urandom(4).hex())
+    (flake / "flake.nix").write_text(text)
+    threshold = probe.available_memory() - 300 * MiB
+    (tmp_path / "nixbuild.toml").write_text(
+        f'[jobs.hungry]\ninstallable = "path:{flake}#default"\nlog_dir = "{tmp_path}/logs"\n'
+        f"min_free_memory = {threshold}\nmax_attempts = 1\nno_fallback = true\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "nixbuild", "build", "--job", "hungry"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode != 0, done.stderr
+    (run_dir,) = (tmp_path / "logs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (attempt,) = summary["attempts"]
+    diagnosis = attempt["diagnosis"]
+    assert diagnosis["kind"] == "oom", diagnosis
+    assert diagnosis["rule"] == "oom.watchdog"
+    evidence = " ".join(e["text"] for e in diagnosis["evidence"])
+    assert "memory watchdog: available memory" in evidence
+    assert f"< {threshold // MiB} MiB threshold, stopped the build" in evidence
+    assert hogs(str(hog_bytes)) == []  # the builder was stopped, not left running
+
+
+def hogs(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_text(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
