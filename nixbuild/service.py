@@ -35,6 +35,19 @@ LINGER_EXPLAINED = (
 )
 
 
+def linger_warning(user: str, linger: bool | None) -> str | None:
+    if linger is True:
+        return None
+    if linger is False:
+        return (
+            f"lingering is off for {user}: {LINGER_EXPLAINED}. Fix: loginctl enable-linger {user}"
+        )
+    return (
+        f"could not ask logind whether lingering is on for {user}; if it is off, "
+        f"{LINGER_EXPLAINED}. Fix: loginctl enable-linger {user}"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class InstallResult:
     written: tuple[Path, ...]
@@ -146,20 +159,10 @@ class UserManager:
         timer = timer_unit(job)
         self.systemctl("enable", "--now", timer)
         next_elapse = self.show(timer, "NextElapseUSecRealtime").get("NextElapseUSecRealtime")
-        warnings = []
         user = user or _user_name()
-        linger = self.lingering(user)
-        if linger is False:
-            warnings.append(
-                f"lingering is off for {user}: {LINGER_EXPLAINED}. "
-                f"Fix: loginctl enable-linger {user}"
-            )
-        elif linger is None:
-            warnings.append(
-                f"could not ask logind whether lingering is on for {user}; if it is off, "
-                f"{LINGER_EXPLAINED}. Fix: loginctl enable-linger {user}"
-            )
-        return InstallResult(tuple(written), timer, next_elapse or None, tuple(warnings))
+        warning = linger_warning(user, self.lingering(user))
+        warnings = (warning,) if warning else ()
+        return InstallResult(tuple(written), timer, next_elapse or None, warnings)
 
     def uninstall(self, job: str) -> list[Path]:
         """Stop and disable the job's units; remove the templates when no job uses them."""

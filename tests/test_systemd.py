@@ -19,7 +19,7 @@ from systemd_user import UserManagerHandle, user_manager
 
 from nixbuild.cli_service import service_group
 from nixbuild.errors import ExitCode, NixbuildError, UsageError
-from nixbuild.service import UserManager
+from nixbuild.service import UserManager, linger_warning
 from nixbuild.systemd import (
     Notifier,
     nixbuild_command,
@@ -223,6 +223,18 @@ def test_watchdog_interval_and_throttling() -> None:
         assert sent == [100.0, 105.0, 110.1]  # every half interval, no more often
     assert Notifier({**env, "WATCHDOG_PID": "1"}).watchdog_interval_s is None
     assert Notifier({"WATCHDOG_USEC": "junk"}).watchdog_interval_s is None
+
+
+def test_linger_warnings() -> None:
+    # This machine has no logind, so only the "unknown" answer is seen for real (below).
+    assert linger_warning("me", True) is None
+    off = linger_warning("me", False)
+    assert off is not None
+    assert off.startswith("lingering is off for me: without lingering the user manager")
+    assert off.endswith("Fix: loginctl enable-linger me")
+    unknown = linger_warning("me", None)
+    assert unknown is not None
+    assert unknown.startswith("could not ask logind whether lingering is on for me")
 
 
 # --- a real user manager ------------------------------------------------------------------
