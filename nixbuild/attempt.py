@@ -44,7 +44,7 @@ class AttemptSettings:
     """What every attempt of a run shares."""
 
     mode: Mode
-    gcroot: Path
+    gcroot: Path | None  # None: no result link (e.g. `nix build --no-link`): exit 0 is success
     extra_args: tuple[str, ...] = ()
     command: tuple[str, ...] = ()
     stop_at: float | None = None  # wall-clock epoch seconds
@@ -52,6 +52,17 @@ class AttemptSettings:
     stall_timeout_s: float | None = None
     watchdog_bytes: int | None = None  # None: no memory watchdog
     env: Mapping[str, str] | None = None
+    # `nixbuild run`: the user's own command line, rebuilt for each attempt's parallelism.
+    argv_for: Callable[[AttemptSpec], Sequence[str]] | None = None
+
+    def argv(self, nix: nixcmd.NixInfo, spec: AttemptSpec) -> list[str]:
+        if self.argv_for is not None:
+            return list(self.argv_for(spec))
+        if self.gcroot is None:
+            raise ValueError("nixbuild's own commands always keep a GC root")
+        return nixcmd.attempt_argv(
+            nix, self.mode, spec, gcroot=self.gcroot, command=self.command, extra=self.extra_args
+        )
 
 
 class LineFanout:
@@ -106,9 +117,7 @@ class Attempt:
 
     def run(self, number: int, total: int, spec: AttemptSpec) -> AttemptRecord:
         cfg = self.settings
-        argv = nixcmd.attempt_argv(
-            self.nix, cfg.mode, spec, gcroot=cfg.gcroot, command=cfg.command, extra=cfg.extra_args
-        )
+        argv = cfg.argv(self.nix, spec)
         shown = redact_argv(argv)  # what is recorded anywhere: tokens never reach a file
         self.files.add_command(number, shown)
         log_name = self.files.open_attempt(number)
@@ -147,8 +156,8 @@ class Attempt:
         if watchdog is not None and (report := watchdog.oom_kill_report()):
             external.append(LogLine(0, report, Source.EXTERNAL))
         diagnosis = self._diagnose(fanout, ExitInfo(status, sig, self.interrupted()), external)
-        outputs = _outputs(cfg.gcroot, cfg.mode) if status == 0 else ()
-        if diagnosis is None and not outputs:
+        outputs = _outputs(cfg.gcroot, cfg.mode) if status == 0 and cfg.gcroot else ()
+        if diagnosis is None and cfg.gcroot is not None and not outputs:
             diagnosis = Diagnosis(
                 Kind.UNKNOWN,
                 "unknown.no-output",

@@ -71,6 +71,26 @@ def run_options(func: F) -> F:
         click.option(
             "-q", "--quiet", is_flag=True, default=None, help="only progress and the result"
         ),
+        click.option(
+            "--variant",
+            type=click.Choice(["source", "bin", "auto"]),
+            help="source [default], the prebuilt -bin fallback, or auto (by the machine)",
+        ),
+        click.option("--on-success", metavar="CMD", help="shell command run when the run succeeds"),
+        click.option("--on-failure", metavar="CMD", help="shell command run when the run fails"),
+        click.option("--json", "json", metavar="PATH", help="write the run summary (JSON) here"),
+        click.option("--junit", metavar="PATH", help="write a JUnit XML report here"),
+        click.option(
+            "--ci-format",
+            type=click.Choice(["github", "gitlab", "buildkite", "plain"]),
+            help="CI output flavour [detected from GITHUB_ACTIONS, GITLAB_CI, …]",
+        ),
+        click.option(
+            "--fail-on-fallback",
+            is_flag=True,
+            default=None,
+            help="exit 1 when only the -bin fallback could be built",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -132,6 +152,28 @@ def develop(
     return run_supervised("develop", installable, extra, cmd, opts)
 
 
+@cli.command(epilog=EXIT_CODES_HELP, context_settings={"ignore_unknown_options": True})
+@click.argument("nix_command", nargs=-1, type=click.UNPROCESSED, required=True)
+@run_options
+def run(nix_command: tuple[str, ...], **opts: Any) -> int:
+    """Supervise a nix command line as written in a CI script.
+
+    `nixbuild run -- nix build -L .#checks.x86_64-linux.foo` keeps your arguments and adds
+    bounded cores/max-jobs, the JSON log format and supervision. Accepted: `nix build …`,
+    `nix develop … --command CMD…` (the shell is built under supervision, then CMD runs
+    once) and `nix-build …`. Anything nixbuild cannot honour is refused (exit 2).
+    """
+    from .runner import run_supervised
+    from .wrapcmd import parse_wrapped
+
+    if opts.get("fallback"):
+        raise click.UsageError("--fallback is not supported with `run`: use `nixbuild build`")
+    wrapped = parse_wrapped(nix_command)
+    for notice in wrapped.notices:
+        click.echo(f"nixbuild: {notice}", err=True)
+    return run_supervised("build", None, (), (), opts, wrapped=wrapped)
+
+
 @cli.command(epilog=EXIT_CODES_HELP)
 @run_options
 def demo(**opts: Any) -> int:
@@ -148,7 +190,7 @@ def demo(**opts: Any) -> int:
 )
 def show_config(job: str | None, config_path: str | None) -> int:
     """Print the effective configuration and where each value came from."""
-    from .runner import describe_config
+    from .showinfo import describe_config
 
     click.echo(describe_config(job, config_path))
     return 0
@@ -163,7 +205,7 @@ def show_config(job: str | None, config_path: str | None) -> int:
 )
 def history(job: str | None, installable: str | None, limit: int, config_path: str | None) -> int:
     """List past runs from the ledger, newest first."""
-    from .runner import show_history
+    from .showinfo import show_history
 
     click.echo(show_history(job, installable, limit, config_path))
     return 0

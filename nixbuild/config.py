@@ -157,6 +157,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("on_success", _str, None, "shell command run when the run succeeds"),
     Option("on_failure", _str, None, "shell command run when the run fails"),
+    Option("json", _str, None, "write the run summary as JSON to this file"),
+    Option("junit", _str, None, "write a JUnit XML report to this file"),
+    Option(
+        "ci_format",
+        _choice("github", "gitlab", "buildkite", "plain"),
+        None,
+        "CI output flavour (default: detected from the environment)",
+    ),
+    Option("fail_on_fallback", _bool, False, "exit 1 when only the -bin fallback was built"),
     Option("keep_runs", _int_at_least(1), 60, "run directories kept in the log dir"),
     Option("keep_size", parse_size, 10 * 1024**3, "total size of run directories kept"),
 )

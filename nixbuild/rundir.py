@@ -50,13 +50,12 @@ def create_run_dir(log_dir: Path, run_id: str) -> Path:
     return run_dir
 
 
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write via a temporary file and rename, so readers never see half a summary."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         Path(tmp).replace(path)
@@ -64,6 +63,10 @@ def write_json_atomic(path: Path, data: object) -> None:
         with contextlib.suppress(OSError):
             Path(tmp).unlink()
         raise
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 class RunFiles:

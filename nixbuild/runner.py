@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -27,9 +28,10 @@ import click
 from . import assess, nixcmd, plan, policy, probe, retention
 from . import config as config_mod
 from .attempt import AttemptSettings
+from .ci import CiObserver, check_report_path, choose_renderer, write_reports
 from .console import Console
 from .errors import ExitCode, NixMissingError, PreflightRefused, UsageError
-from .ledger import LEDGER_FILENAME, Ledger, describe_run
+from .ledger import LEDGER_FILENAME, Ledger
 from .lock import JobLock
 from .model import AttemptSpec, Mode, Variant
 from .observers import HookObserver, LedgerObserver, NotifyObserver, RunObserver
@@ -38,6 +40,8 @@ from .summary import Outcome
 from .supervisor import RunRequest, Supervisor
 from .systemd import Notifier
 from .watchdog import default_threshold
+from .wrapcmd import WrappedCommand, starting_parallelism
+from .wraprun import run_wrapped_command, wrap_argv, wrap_gcroot, wrap_mode
 
 FLAG_NAMES = (
     "cores",
@@ -157,9 +161,16 @@ def first_attempt(
     remembered: tuple[int, int] | None,
     fallback: str | None,
     cores: int,
+    wrapped: WrappedCommand | None = None,
 ) -> AttemptSpec:
     explicit_cores = cfg["cores"] if cfg.sources["cores"] != "default" else verdict.cores
     explicit_jobs = cfg["max_jobs"] if cfg.sources["max_jobs"] != "default" else verdict.max_jobs
+    if wrapped is not None:
+        explicit_cores, explicit_jobs = starting_parallelism(
+            wrapped,
+            cfg["cores"] if cfg.sources["cores"] != "default" else None,
+            cfg["max_jobs"] if cfg.sources["max_jobs"] != "default" else None,
+        )
     if verdict.variant is Variant.BIN:
         if fallback is None:
             raise UsageError(
@@ -205,57 +216,86 @@ def run_supervised(
     extra: tuple[str, ...],
     command: tuple[str, ...],
     opts: Mapping[str, Any],
+    *,
+    wrapped: WrappedCommand | None = None,
 ) -> int:
+    """Run a supervised build; ``wrapped`` is the user's own command line (`nixbuild run`)."""
     cfg = load_config(opts, installable, None if opts.get("job") else mode)
-    target = cfg["installable"] or ".#default"
-    reason = nixcmd.check_installable(target)
+    target = wrapped.display_name if wrapped else cfg["installable"] or ".#default"
+    reason = None if wrapped else nixcmd.check_installable(target)
     if reason is not None:
         raise UsageError(f"malformed installable {target!r}: {reason}")
+    json_path = check_report_path(cfg["json"], "--json")
+    junit_path = check_report_path(cfg["junit"], "--junit")
+    renderer = choose_renderer(cfg["ci_format"], os.environ)
     console = Console(
-        sys.stderr, tty=sys.stderr.isatty(), quiet=cfg["quiet"], heartbeat_s=cfg["heartbeat"]
+        sys.stderr,
+        tty=sys.stderr.isatty() and renderer is None,
+        quiet=cfg["quiet"],
+        heartbeat_s=cfg["heartbeat"],
     )
     nix = probe_nix()
     facts, verdict = preflight(cfg, console)
-    run_mode = Mode(cfg["mode"])
     state_dir = state_dir_of(cfg)
-    gcroot = _gcroot(cfg, run_mode, state_dir, target)
+    run_mode = wrap_mode(wrapped) if wrapped else Mode(cfg["mode"])
+    gcroot = wrap_gcroot(wrapped) if wrapped else _gcroot(cfg, run_mode, state_dir, target)
     log_dir = Path(cfg["log_dir"]).expanduser()
+
+    def say(text: str) -> None:
+        console.say(text, 0)
+
     with (
         job_lock(state_dir, lock_name(cfg.job, target), console),
         Ledger(state_dir / LEDGER_FILENAME) as ledger,
     ):
         ledger.mark_abandoned(host=socket.gethostname())
         remembered = None if opts.get("fresh") else ledger.last_good_parallelism(target)
-        fallback = choose_fallback(cfg, nix, target, extra, console)
+        fallback = None if wrapped else choose_fallback(cfg, nix, target, extra, console)
         first = first_attempt(
-            cfg, target, verdict, remembered=remembered, fallback=fallback, cores=facts.cores
+            cfg,
+            target,
+            verdict,
+            remembered=remembered,
+            fallback=fallback,
+            cores=facts.cores,
+            wrapped=wrapped,
         )
         if remembered and first.cores == remembered[0] and cfg.sources["cores"] == "default":
-            console.say(
-                f"nixbuild: starting at cores {first.cores}, max-jobs {first.max_jobs}: "
-                "the last run of this installable succeeded there after running out of "
-                "memory (--fresh ignores this)",
-                0,
+            say(
+                f"nixbuild: starting at cores {first.cores}, max-jobs {first.max_jobs}: the "
+                "last run of this installable succeeded there after running out of memory "
+                "(--fresh ignores this)"
             )
+        settings = _attempt_settings(cfg, run_mode, gcroot, extra, command)
+        if wrapped:
+            settings = replace(settings, argv_for=wrap_argv(wrapped))
         request = RunRequest(
             first=first,
             log_dir=log_dir,
-            attempt=_attempt_settings(cfg, run_mode, gcroot, extra, command),
+            attempt=settings,
             job=cfg.job,
             policy=_policy(cfg, fallback),
+            fail_on_fallback=cfg["fail_on_fallback"],
         )
         observers: list[RunObserver] = [
             LedgerObserver(ledger),
             NotifyObserver(Notifier()),
-            HookObserver(cfg["on_success"], cfg["on_failure"], lambda t: console.say(t, 0)),
+            HookObserver(cfg["on_success"], cfg["on_failure"], say),
         ]
-        outcome = Supervisor(request, nix, console, observers=observers).run()
+        if renderer is not None:
+            observers.append(CiObserver(renderer, say, request.policy.max_attempts))
+        outcome = Supervisor(
+            request, nix, console, observers=observers, attempt_lines=renderer is None
+        ).run()
     retention.prune(
         log_dir,
         retention.RetentionPolicy(max_runs=cfg["keep_runs"], max_total_bytes=cfg["keep_size"]),
         current=outcome.run_id,
     )
+    write_reports(outcome, json_path, junit_path, say)
     _print_result(outcome, request)
+    if wrapped is not None and outcome.exit_code == ExitCode.OK:
+        return run_wrapped_command(wrapped, say)
     return int(outcome.exit_code)
 
 
@@ -276,7 +316,7 @@ def _gcroot(cfg: config_mod.Config, mode: Mode, state_dir: Path, target: str) ->
 def _attempt_settings(
     cfg: config_mod.Config,
     mode: Mode,
-    gcroot: Path,
+    gcroot: Path | None,
     extra: tuple[str, ...],
     command: tuple[str, ...],
 ) -> AttemptSettings:
@@ -351,39 +391,3 @@ def run_demo(opts: Mapping[str, Any]) -> int:
         return run_supervised("build", f"path:{workdir}#default", ("--offline",), (), demo)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def describe_config(job: str | None, config_path: str | None) -> str:
-    cfg = config_mod.load({}, config_path=config_path, job=job)
-    state_dir = state_dir_of(cfg)
-    rows = [f"config file: {cfg.file or '(none found)'}"]
-    if cfg.jobs:
-        rows.append(f"jobs: {', '.join(cfg.jobs)}" + (f" (showing {cfg.job})" if cfg.job else ""))
-    rows.append(f"state dir: {state_dir}")
-    rows.append(f"ledger: {state_dir / LEDGER_FILENAME}")
-    width = max(len(opt.name) for opt in config_mod.OPTIONS)
-    for opt in config_mod.OPTIONS:
-        value = cfg.values[opt.name]
-        shown = (
-            "(unset)"
-            if value is None
-            else str(value).lower()
-            if isinstance(value, bool)
-            else str(value)
-        )
-        rows.append(f"{opt.name.ljust(width)}  {shown:<24} from {cfg.sources[opt.name]}")
-    return "\n".join(rows)
-
-
-def show_history(
-    job: str | None, installable: str | None, limit: int, config_path: str | None
-) -> str:
-    cfg = config_mod.load({}, config_path=config_path)
-    path = state_dir_of(cfg) / LEDGER_FILENAME
-    if not path.exists():
-        return f"no runs recorded yet ({path} does not exist)"
-    with Ledger(path) as ledger:
-        rows = ledger.history(job=job, installable=installable, limit=limit)
-    if not rows:
-        return "no matching runs"
-    return "\n".join(describe_run(row) for row in rows)

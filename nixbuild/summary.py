@@ -37,7 +37,7 @@ def build_summary(
     job: str | None,
     mode: Mode,
     first: AttemptSpec,
-    gcroot: Path,
+    gcroot: Path | None,
     *,
     status: str,
     exit_code: ExitCode,
@@ -59,7 +59,7 @@ def build_summary(
         "started_at": iso(started),
         "finished_at": iso(finished),
         "duration_s": round(finished - started, 3),
-        "gcroot": str(gcroot),
+        "gcroot": None if gcroot is None else str(gcroot),
         "outputs": list(outputs),
         "attempts": [attempt_json(r) for r in history],
     }

@@ -35,6 +35,7 @@ class RunRequest:
     attempt: AttemptSettings
     job: str | None = None
     policy: policy.PolicyConfig = field(default_factory=policy.PolicyConfig)
+    fail_on_fallback: bool = False  # a build that only succeeded as -bin exits 1
 
 
 class Supervisor:
@@ -50,7 +51,11 @@ class Supervisor:
         read_available: Callable[[], int] = probe.available_memory,
         tick_s: float = 1.0,
         rng: random.Random | None = None,
+        attempt_lines: bool = True,
     ) -> None:
+        # False when a CI renderer prints each attempt's outcome (diagnosis, evidence,
+        # decision) in its own format: the same facts twice would only confuse.
+        self.attempt_lines = attempt_lines
         self.request = request
         self.nix = nix
         self.console = console
@@ -128,7 +133,7 @@ class Supervisor:
             history.append(record)
             self.observers.attempt_finished(record)
             line = policy.decision_line(record, total)
-            self._warn(line)
+            self._say_attempt(line)
             files.event(
                 "attempt_decided", attempt=record.number, decision=decision.to_json(), line=line
             )
@@ -180,16 +185,22 @@ class Supervisor:
                 self._warn("nixbuild: memory has not fully recovered; starting anyway")
         return None if self.interrupted_by is not None else decision.next
 
+    def _say_attempt(self, text: str) -> None:
+        if self.attempt_lines:
+            self._warn(text)
+
     def _report_attempt(self, record: AttemptRecord, files: RunFiles) -> None:
         diag = record.diagnosis
         if diag is None:
-            self._warn(f"attempt {record.number} succeeded in {format_elapsed(record.duration_s)}")
+            self._say_attempt(
+                f"attempt {record.number} succeeded in {format_elapsed(record.duration_s)}"
+            )
             files.event("attempt_succeeded", attempt=record.number, outputs=list(record.outputs))
             return
         where = f" in {diag.drv}" if diag.drv else ""
-        self._warn(f"diagnosis: {diag.kind} (rule {diag.rule}){where}: {diag.explanation}")
+        self._say_attempt(f"diagnosis: {diag.kind} (rule {diag.rule}){where}: {diag.explanation}")
         for ev in diag.evidence[:3]:
-            self._warn(f"  evidence {record.log}:{ev.line}: {ev.text}")
+            self._say_attempt(f"  evidence {record.log}:{ev.line}: {ev.text}")
         files.event(
             "attempt_failed",
             attempt=record.number,
@@ -221,6 +232,8 @@ class Supervisor:
             )
         if len(history) == 1 and _installable_missing(history[0].diagnosis):
             exit_code = ExitCode.USAGE
+        if status == "fallback" and self.request.fail_on_fallback:
+            exit_code = ExitCode.FAILED
         outputs = last.outputs if succeeded and last is not None else ()
         req = self.request
         summary = build_summary(

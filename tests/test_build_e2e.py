@@ -17,13 +17,22 @@ import pytest
 pytestmark = pytest.mark.nix
 
 
+# Output checked here is the terminal/plain flavour; CI=true (set when CI runs these tests)
+# would switch nixbuild to its CI renderer, tested in test_ci_e2e.py.
+CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE")
+
+
+def plain_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    return {k: v for k, v in (env or os.environ).items() if k not in CI_VARIABLES}
+
+
 def nixbuild(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nixbuild", *args],
         cwd=cwd,
-        env=env,
+        env=plain_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -191,6 +200,7 @@ def test_signal_stops_the_whole_build(
             "--no-fallback",
         ],
         cwd=tmp_path,
+        env=plain_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,0 +1,67 @@
+"""`nixbuild run -- <nix command line>`: supervise the user's own command as written.
+
+wrapcmd.py parses and rebuilds the command line (pure); this module adapts it to the
+supervisor: which mode, where success can be read from, the argv of each attempt, and for
+``nix develop … --command CMD`` the one run of CMD after the shell has been built, so a
+failing test suite is reported as itself, never retried as if it were a build failure.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .errors import ExitCode
+from .model import AttemptSpec, Mode
+from .process import CommandNotFound, Supervised
+from .wrapcmd import WrapMode, WrappedCommand
+
+
+def wrap_mode(wrapped: WrappedCommand) -> Mode:
+    return Mode.DEVELOP if wrapped.mode is WrapMode.DEVELOP else Mode.BUILD
+
+
+def wrap_gcroot(wrapped: WrappedCommand) -> Path | None:
+    """Where the result link will be, so success is read from the store; None if none."""
+    if wrapped.mode is WrapMode.DEVELOP or wrapped.no_link:
+        return None
+    return Path(wrapped.out_link or "result").absolute()
+
+
+def wrap_argv(wrapped: WrappedCommand) -> Callable[[AttemptSpec], Sequence[str]]:
+    def argv(spec: AttemptSpec) -> Sequence[str]:
+        return wrapped.realise_argv(cores=spec.cores, max_jobs=spec.max_jobs)
+
+    return argv
+
+
+def run_wrapped_command(wrapped: WrappedCommand, say: Callable[[str], None]) -> int:
+    """After a supervised `nix develop`: run the user's original command once, as written."""
+    if wrapped.mode is not WrapMode.DEVELOP or not wrapped.develop_command:
+        return int(ExitCode.OK)
+    say(f"nixbuild: the dev shell is built; running {' '.join(wrapped.develop_command)} in it")
+    lock = threading.Lock()
+
+    def out(line: str) -> None:
+        with lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def err(line: str) -> None:
+        with lock:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+    try:
+        proc = Supervised(wrapped.original, on_stdout=out, on_stderr=err)
+    except (CommandNotFound, OSError) as exc:
+        say(f"nixbuild: could not run the command: {exc}")
+        return int(ExitCode.FAILED)
+    status, signum = proc.wait()
+    if status == 0:
+        return int(ExitCode.OK)
+    how = f"signal {signum}" if signum else f"exit {status}"
+    say(f"nixbuild: the command in the dev shell failed ({how}); it is not retried")
+    return int(ExitCode.FAILED)
