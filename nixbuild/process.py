@@ -57,13 +57,16 @@ def _command(argv: Sequence[str]) -> Any:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL if nixbuild dies, even from SIGKILL.
+    """In the child, before exec: get SIGTERM if nixbuild dies, even from SIGKILL.
 
-    Linux-only (prctl); elsewhere this is a no-op and ``stop`` remains the only guard.
+    SIGTERM, not SIGKILL: nix runs each builder in a session of its own, out of reach of
+    our process-group signals, and only nix itself can stop them; on SIGTERM it does (seen
+    with Nix 2.8: a SIGKILLed nixbuild then leaves no builder behind), while a SIGKILLed
+    nix orphans them. Linux-only (prctl); elsewhere ``stop`` remains the only guard.
     """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def run_capture(
