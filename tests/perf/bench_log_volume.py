@@ -13,7 +13,6 @@ Figures are printed, never asserted: these machines are shared and noisy.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -21,37 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-FLAKE = HERE.parent / "fixtures" / "flake"
-NIX_CONF = (
-    "sandbox = false\nsubstituters =\nflake-registry =\nbuild-users-group =\n"
-    "experimental-features = nix-command flakes\n"
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def isolated_env(root: Path) -> dict[str, str]:
-    for sub in ("store", "state", "conf", "log"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "conf" / "nix.conf").write_text(NIX_CONF)
-    return dict(
-        os.environ,
-        NIX_STORE_DIR=str(root / "store"),
-        NIX_STATE_DIR=str(root / "state"),
-        NIX_CONF_DIR=str(root / "conf"),
-        NIX_LOG_DIR=str(root / "log"),
-        NIX_REMOTE="",
-    )
-
-
-def vm_hwm_kib(pid: int) -> int:
-    """The kernel's high-water mark of the process's resident memory (VmHWM), in KiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+from _common import FLAKE, isolated_env, vm_hwm_kib  # a script directory, not a package
 
 
 def run_once(lines: int, root: Path, env: dict[str, str]) -> tuple[float, float, int]:
