@@ -143,17 +143,21 @@ class NotifyObserver(BaseObserver):
     def __init__(self, notifier: Notifier) -> None:
         self.notifier = notifier
         self.prefix = ""
+        self.cores = ""
 
     def run_started(self, run: RunStart) -> None:
         self.notifier.ready(f"run {run.run_id}: starting {run.installable}")
 
     def attempt_started(self, number: int, total: int, spec: AttemptSpec) -> None:
         self.prefix = f"attempt {number}/{total}"
-        self.notifier.status(f"{self.prefix}: starting {spec.installable}, cores {spec.cores}")
+        self.cores = f"cores {spec.cores}, max-jobs {spec.max_jobs}"
+        self.notifier.status(f"{self.prefix}: starting {spec.installable}, {self.cores}")
         self.notifier.ping_watchdog_if_due()
 
     def progress(self, text: str) -> None:
-        self.notifier.status(f"{self.prefix}: {text}" if self.prefix else text)
+        # e.g. "attempt 2/6: 412/1031 built, building python3.12-torch [buildPhase], 1h02m,
+        # cores 4, max-jobs 1" — what `systemctl --user status` shows while it runs.
+        self.notifier.status(f"{self.prefix}: {text}, {self.cores}" if self.prefix else text)
         self.notifier.ping_watchdog_if_due()
 
     def run_finished(self, outcome: Outcome) -> None:

@@ -18,9 +18,8 @@ import json
 import os
 import secrets
 import shlex
-import sys
 import tempfile
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -72,30 +71,35 @@ def write_json_atomic(path: Path, data: object) -> None:
 class RunFiles:
     """Owns the open files of one run; every write is failure-tolerant."""
 
-    def __init__(self, run_dir: Path, warn: Callable[[str], None]) -> None:
+    def __init__(
+        self, run_dir: Path, warn: Callable[[str], None], journal: TextIO | None = None
+    ) -> None:
+        """``journal``: a stream that also gets every event as a JSON line (under systemd,
+        stderr is the journal, so `journalctl -o cat` shows the structured events)."""
         self.dir = run_dir
         self._warn = warn
         self._broken = False
         self._attempt_log: TextIO | None = None
         self._events: TextIO | None = self._open("events.jsonl")
-        # When events.jsonl cannot be opened the run is already marked broken and _guard
-        # drops every event, so the stand-in stream is never written to.
+        self._journal = journal
         self.events = structlog.wrap_logger(
-            structlog.WriteLogger(self._events or sys.stderr),
+            self,
             processors=[
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
-                self._guard,
                 structlog.processors.JSONRenderer(sort_keys=False),
             ],
         )
 
-    def _guard(
-        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        if self._broken:
-            raise structlog.DropEvent
-        return event
+    def info(self, rendered: str) -> None:
+        """structlog's sink: the events file (while writable) and the journal stream."""
+        events = self._events
+        if events is not None and not self._broken:
+            self._safe(lambda: (events.write(rendered + "\n"), events.flush()))
+        if self._journal is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._journal.write(rendered + "\n")
+                self._journal.flush()
 
     def _open(self, name: str) -> TextIO | None:
         try:
@@ -121,9 +125,7 @@ class RunFiles:
             self._fail(exc)
 
     def event(self, name: str, **fields: Any) -> None:
-        self._safe(lambda: self.events.info(name, **fields))
-        if self._events is not None:
-            self._safe(self._events.flush)
+        self.events.info(name, **fields)
 
     def add_command(self, number: int, argv: Sequence[str]) -> None:
         def write() -> None:

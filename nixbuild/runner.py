@@ -285,7 +285,13 @@ def run_supervised(
         if renderer is not None:
             observers.append(CiObserver(renderer, say, request.policy.max_attempts))
         outcome = Supervisor(
-            request, nix, console, observers=observers, attempt_lines=renderer is None
+            request,
+            nix,
+            console,
+            observers=observers,
+            attempt_lines=renderer is None,
+            # Under systemd stderr is the journal: give it the structured events too.
+            journal=sys.stderr if os.environ.get("JOURNAL_STREAM") else None,
         ).run()
     retention.prune(
         log_dir,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from . import nixcmd, policy, probe, recovery
 from .attempt import Attempt, AttemptSettings
@@ -52,7 +53,9 @@ class Supervisor:
         tick_s: float = 1.0,
         rng: random.Random | None = None,
         attempt_lines: bool = True,
+        journal: TextIO | None = None,
     ) -> None:
+        self.journal = journal
         # False when a CI renderer prints each attempt's outcome (diagnosis, evidence,
         # decision) in its own format: the same facts twice would only confuse.
         self.attempt_lines = attempt_lines
@@ -96,7 +99,7 @@ class Supervisor:
         started = self.clock()
         run_id = new_run_id(datetime.fromtimestamp(started))
         run_dir = create_run_dir(req.log_dir, run_id)
-        files = RunFiles(run_dir, self._warn)
+        files = RunFiles(run_dir, self._warn, journal=self.journal)
         files.event("run_started", run_id=run_id, job=req.job, installable=req.first.installable)
         self.console.say(f"nixbuild: run {run_id}, logs in {run_dir}", started)
         self.observers.run_started(

@@ -212,11 +212,6 @@ def test_second_run_of_a_job_exits_75_and_a_killed_run_is_taken_over(
 
 
 @pytest.mark.nix
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: process.py gives nix PR_SET_PDEATHSIG=SIGKILL, so nix dies without "
-    "stopping its builder; with SIGTERM nix interrupts and kills its builders itself",
-)
 def test_sigkill_of_nixbuild_leaves_no_builder(
     nix_env: dict[str, str], flake: Path, tmp_path: Path
 ) -> None:
@@ -231,5 +226,20 @@ def test_sigkill_of_nixbuild_leaves_no_builder(
             subprocess.run(["/bin/sleep", "0.1"], check=True)
         assert processes_with_arg(str(flake)) == []  # nix itself
         assert processes_with_arg("/bin/sleep 618") == []  # nix's builder
+        # The next run finds the killed one still "running" with a dead pid: abandoned.
+        (flake / "sleep.txt").write_text("0")
+        (flake / "nonce.txt").write_text("after-sigkill")
+        argv = [sys.executable, "-m", "nixbuild", "build", "--job", "slow"]
+        after = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert after.returncode == 0, after.stderr
+        history = subprocess.run(
+            [sys.executable, "-m", "nixbuild", "history", "--job", "slow"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert len(history) == 2
+        assert " success " in history[0] and history[1].endswith(" abandoned"), history
     finally:
         kill_builders(618)
