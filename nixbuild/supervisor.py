@@ -75,7 +75,11 @@ class Supervisor:
         self.console.say(text, self.clock())
 
     def _interruptible_sleep(self, seconds: float) -> None:
-        self._wake.wait(max(0.0, seconds))
+        """Wait, waking at once on a signal, and keep systemd's watchdog and STATUS fed."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        while (left := deadline - time.monotonic()) > 0 and not self._wake.is_set():
+            self.observers.progress(f"waiting {int(left)} s before the next attempt")
+            self._wake.wait(min(left, 30.0))
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         # Only record it here; the loop stops the process group (no work in handlers).
