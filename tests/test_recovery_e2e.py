@@ -402,6 +402,37 @@ def test_deadline_stops_the_attempt_and_the_run(fresh_flake: Path, tmp_path: Pat
     assert sum(e["event"] == "attempt_started" for e in run.events) == 1
 
 
+def test_no_attempt_starts_after_the_deadline(
+    fresh_flake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pause before the degraded retry outlasts the run's budget: the policy still says
+    # "degrade" (the deadline had not passed when it decided), but the loop starts nothing.
+    monkeypatch.setenv("NIXBUILD_OOM_DELAY", "3s")
+    run = build(f"path:{fresh_flake}#cores", "--cores", "8", "--max-duration", "2s", tmp=tmp_path)
+    assert run.shape() == [(8, 1, "source", "oom", "oom.compiler-killed", "degrade")]
+    assert run.decision_lines() == [
+        "attempt 1/6 failed: oom (rule oom.compiler-killed) → retry with cores 8→4, max-jobs 1"
+        " in 3 s"
+    ]
+    assert "nixbuild: deadline reached, no further attempt" in run.stderr
+    assert len(run.commands()) == 1
+    # The exit code follows the last failure's kind (exit_code_for): an OOM is not transient.
+    assert run.code == 1, run.explain()
+    assert run.summary["status"] == "failed" and run.summary["exit_code"] == 1
+
+
+def test_max_attempts_bounds_the_ladder(fresh_flake: Path, tmp_path: Path) -> None:
+    run = build(f"path:{fresh_flake}#cores", "--cores", "8", "--max-attempts", "2", tmp=tmp_path)
+    assert run.code == 1, run.explain()
+    assert run.summary["status"] == "failed" and run.summary["exit_code"] == 1
+    oom = ("oom", "oom.compiler-killed")
+    assert run.shape() == [(8, 1, "source", *oom, "degrade"), (4, 1, "source", *oom, "give_up")]
+    assert run.decision_lines()[-1] == (
+        "attempt 2/2 failed: oom (rule oom.compiler-killed) → "
+        "give up: all 2 attempts used (last failure: oom)"
+    )
+
+
 # ---- the run ledger: concurrent writers, adaptive start -------------------------------------
 
 
