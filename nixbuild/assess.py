@@ -16,7 +16,9 @@ absolute floors nothing can succeed and the CLI exits 3.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UsageError
 from .model import Variant
@@ -178,3 +180,12 @@ def _refusals(facts: MachineFacts, t: Thresholds, variant: Variant) -> tuple[str
                 f"{gib(t.floor_memory_bytes)} for a source build"
             )
     return tuple(out)
+
+
+def thresholds_from(values: Mapping[str, Any]) -> Thresholds:
+    """The advice as configured (`min_memory`, `min_disk`, `min_cores`), comfort unchanged."""
+    return Thresholds(
+        min_memory_bytes=int(values["min_memory"]),
+        min_disk_bytes=int(values["min_disk"]),
+        min_cores=int(values["min_cores"]),
+    )

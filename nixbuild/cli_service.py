@@ -15,7 +15,7 @@ import click
 
 from . import config as config_mod
 from . import process
-from .assess import MODES, Thresholds, assess, gib
+from .assess import MODES, Thresholds, assess, gib, thresholds_from
 from .errors import ExitCode, NixbuildError
 from .probe import MachineFacts, collect_facts
 from .retention import is_run_dir_name
@@ -235,7 +235,7 @@ def doctor_command(
     cfg = config_mod.load({}, config_path=config_path, job=job)
     mode = mode or str(cfg["variant"])
     facts = collect_facts()
-    thresholds = Thresholds()
+    thresholds = thresholds_from(cfg.values)
     watchdog_bytes = cfg["min_free_memory"] or default_threshold(facts.mem_total_bytes)
     watchdog = int(watchdog_bytes) if cfg["watchdog"] else None
     if as_json:

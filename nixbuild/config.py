@@ -157,6 +157,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("on_success", _str, None, "shell command run when the run succeeds"),
     Option("on_failure", _str, None, "shell command run when the run fails"),
+    Option("min_memory", parse_size, 16 * 1024**3, "memory the advice asks for (preflight)"),
+    Option("min_disk", parse_size, 20 * 1024**3, "free disk the advice asks for (preflight)"),
+    Option("min_cores", _int_at_least(1), 4, "cores the advice asks for (preflight)"),
     Option("json", _str, None, "write the run summary as JSON to this file"),
     Option("junit", _str, None, "write a JUnit XML report to this file"),
     Option(

@@ -142,7 +142,7 @@ def preflight(
     cfg: config_mod.Config, console: Console
 ) -> tuple[probe.MachineFacts, assess.Assessment]:
     facts = probe.collect_facts()
-    verdict = assess.assess(facts, assess.Thresholds(), cfg["variant"])
+    verdict = assess.assess(facts, assess.thresholds_from(cfg.values), cfg["variant"])
     if verdict.cannot_succeed:
         raise PreflightRefused(
             "preflight refused: " + "; ".join(verdict.refusals),
