@@ -448,7 +448,7 @@ def ledger_path(tmp_path: Path) -> Path:
 
 def test_two_runs_at_once_are_both_recorded(fresh_flake: Path, tmp_path: Path) -> None:
     ledger = ledger_path(tmp_path)
-    seconds = f"4.{os.getpid() % 997:03d}"  # a sleep nobody else runs, to see the build start
+    seconds = f"2.{os.getpid() % 997:03d}"  # a sleep nobody else runs, to see the build start
     (fresh_flake / "sleep.txt").write_text(seconds)
 
     def start(attr: str) -> tuple[subprocess.Popen[str], Path]:
@@ -549,3 +549,11 @@ def test_fresh_ignores_what_the_last_run_learned(fresh_flake: Path, tmp_path: Pa
     assert run.attempts[0]["diagnosis"]["kind"] == "oom"
     assert run.shape()[-1] == (1, 1, "source", None, None, None)
     assert "--fresh ignores this" not in run.stderr
+    history = nixbuild("history", "--installable", f"path:{fresh_flake}#cores1", cwd=tmp_path)
+    chains = [row.rpartition(": ")[2] for row in history.stdout.splitlines()]
+    learned = " → ".join(
+        f"{a['diagnosis']['kind'] if a['diagnosis'] else 'ok'}@{a['cores']}/{a['max_jobs']}"
+        for a in run.attempts
+    )
+    assert learned.startswith(f"oom@{default}/1 → ") and learned.endswith(" → ok@1/1")
+    assert chains == [learned, learned], history.stdout  # newest first, both runs alike
