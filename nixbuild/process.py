@@ -69,16 +69,12 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_capture(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    timeout: float | None = None,
-    stdin: str | None = None,
-) -> Completed:
-    """Run a short command to completion and return its status and decoded output."""
-    cmd = _command(argv)
+def _common_kwargs(
+    env: Mapping[str, str] | None, cwd: str | os.PathLike[str] | None
+) -> dict[str, Any]:
+    """How every child starts: any exit status is ours to judge, output through pipes and
+    decoded leniently, its own session (group signals, no terminal Ctrl-C), and SIGTERM
+    when nixbuild dies."""
     kwargs: dict[str, Any] = {
         "_ok_code": list(range(256)),
         "_tty_out": False,
@@ -89,6 +85,20 @@ def run_capture(
     }
     if cwd is not None:
         kwargs["_cwd"] = str(cwd)
+    return kwargs
+
+
+def run_capture(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
+    stdin: str | None = None,
+) -> Completed:
+    """Run a short command to completion and return its status and decoded output."""
+    cmd = _command(argv)
+    kwargs = _common_kwargs(env, cwd)
     if timeout is not None:
         kwargs["_timeout"] = timeout
         kwargs["_timeout_signal"] = signal.SIGKILL
@@ -123,20 +133,10 @@ class Supervised:
     ) -> None:
         self.argv = tuple(argv)
         cmd = _command(argv)
-        kwargs: dict[str, Any] = {
-            "_bg": True,
-            "_bg_exc": False,
-            "_ok_code": list(range(256)),
-            "_tty_out": False,
-            "_out": _line_sink(on_stdout),
-            "_err": _line_sink(on_stderr),
-            "_decode_errors": "replace",
-            "_env": dict(os.environ if env is None else env),
-            "_new_session": True,
-            "_preexec_fn": _die_with_parent,
-        }
-        if cwd is not None:
-            kwargs["_cwd"] = str(cwd)
+        kwargs = _common_kwargs(env, cwd)
+        kwargs.update(
+            _bg=True, _bg_exc=False, _out=_line_sink(on_stdout), _err=_line_sink(on_stderr)
+        )
         self._running = cmd(*argv[1:], **kwargs)
         self.pid: int = self._running.pid
         self._stopping = threading.Lock()
