@@ -163,8 +163,14 @@ def first_attempt(
     cores: int,
     wrapped: WrappedCommand | None = None,
 ) -> AttemptSpec:
-    explicit_cores = cfg["cores"] if cfg.sources["cores"] != "default" else verdict.cores
+    # Only the user's own settings are explicit. Preflight's conservative cores for a
+    # smaller machine are a ceiling, like the machine's CPUs: they must not override what
+    # the ledger remembers (adaptive start), only cap it.
+    explicit_cores = cfg["cores"] if cfg.sources["cores"] != "default" else None
     explicit_jobs = cfg["max_jobs"] if cfg.sources["max_jobs"] != "default" else verdict.max_jobs
+    if remembered is not None and cfg.sources["max_jobs"] == "default":
+        explicit_jobs = None
+    cores = min(cores, verdict.cores or cores)
     if wrapped is not None:
         explicit_cores, explicit_jobs = starting_parallelism(
             wrapped,

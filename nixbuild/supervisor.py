@@ -69,6 +69,7 @@ class Supervisor:
         self.tick_s = tick_s
         self.rng = rng or random.Random()
         self.interrupted_by: int | None = None
+        self.deadline_reached = False
         self.observers = Observers(observers, self._warn)
 
     def _warn(self, text: str) -> None:
@@ -124,6 +125,7 @@ class Supervisor:
         total = req.policy.max_attempts
         while spec is not None and self.interrupted_by is None:
             if req.attempt.stop_at is not None and self.clock() >= req.attempt.stop_at:
+                self.deadline_reached = True
                 self._warn("nixbuild: deadline reached, no further attempt")
                 break
             self.observers.attempt_started(len(history) + 1, total, spec)
@@ -158,13 +160,26 @@ class Supervisor:
     ) -> Decision:
         stop_at = self.request.attempt.stop_at
         if stop_at is not None and self.clock() >= stop_at:
+            self.deadline_reached = True
             return Decision(policy.GIVE_UP, reason="the run's deadline has passed")
         free_gb = None
         if diagnosis.kind is Kind.DISK:
             free_gb = recovery.free_space_gb(recovery.store_dir())
-        return policy.decide(
+        decision = policy.decide(
             diagnosis, history, spec, self.request.policy, self.rng, free_space_gb=free_gb
         )
+        if (
+            decision.action != policy.GIVE_UP
+            and stop_at is not None
+            and self.clock() + decision.delay_s >= stop_at
+        ):
+            # Do not sleep past the deadline only to give up then: say so now.
+            self.deadline_reached = True
+            return Decision(
+                policy.GIVE_UP,
+                reason=f"the next attempt ({decision.action}) would start after the deadline",
+            )
+        return decision
 
     def _prepare_next(
         self, decision: Decision, kind: Kind, baseline: int | None, files: RunFiles
@@ -239,6 +254,9 @@ class Supervisor:
             )
         if len(history) == 1 and _installable_missing(history[0].diagnosis):
             exit_code = ExitCode.USAGE
+        if self.deadline_reached and exit_code == ExitCode.FAILED and not succeeded:
+            # Not a verdict on the build: time ran out. A later run may well finish it.
+            exit_code = ExitCode.TRANSIENT
         if status == "fallback" and self.request.fail_on_fallback:
             exit_code = ExitCode.FAILED
         outputs = last.outputs if succeeded and last is not None else ()
