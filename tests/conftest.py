@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,7 +84,12 @@ def nix_env(nix_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
 
 @pytest.fixture
 def flake(tmp_path: Path) -> Path:
-    """A private copy of the fixture flake (tests may edit it); refer to it as path:DIR."""
+    """A private copy of the fixture flake (tests may edit it); refer to it as path:DIR.
+
+    Its nonce is fresh, so its derivations really build in this test whatever other tests
+    built in the shared store before (a test reading builder output must not depend on order).
+    """
     dest = tmp_path / "flake"
     shutil.copytree(FIXTURE_FLAKE, dest)
+    (dest / "nonce.txt").write_text(uuid.uuid4().hex)
     return dest
