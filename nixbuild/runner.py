@@ -374,7 +374,8 @@ def _print_result(outcome: Outcome, request: RunRequest) -> None:
         f"nixbuild: {outcome.status} after {attempts} attempt(s), exit {int(outcome.exit_code)}",
         err=True,
     )
-    click.echo(f"nixbuild: summary {outcome.run_dir / 'summary.json'}", err=True)
+    if (outcome.run_dir / "summary.json").is_file():
+        click.echo(f"nixbuild: summary {outcome.run_dir / 'summary.json'}", err=True)
     if outcome.outputs:
         develop = request.attempt.mode is Mode.DEVELOP
         what = "dev-shell profile" if develop else "GC root"

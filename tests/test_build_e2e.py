@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +251,45 @@ def test_missing_nix_exits_3(tmp_path: Path) -> None:
     assert result.returncode == 3
     assert "nix is not installed" in result.stderr and "apt-get install nix-bin" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def tiny_log_dir(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: the log dir fills up during the build (needs root to mount)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs in CI: {done.stderr}")
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_log_dir_does_not_stop_the_build(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path, tiny_log_dir: Path
+) -> None:
+    (flake / "lines.txt").write_text("5000")  # ~300 KB of log for a 64 KiB file system
+    result = nixbuild(
+        "build",
+        f"path:{flake}#chatty",
+        "--log-dir",
+        str(tiny_log_dir),
+        "--out-link",
+        str(tmp_path / "result"),
+        "--quiet",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "cannot write run logs" in line]
+    assert warnings and "the build goes on" in warnings[0]
+    assert (tmp_path / "result").resolve().name.endswith("-fixture-chatty-1.0")
