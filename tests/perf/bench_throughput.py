@@ -9,8 +9,8 @@
    once under ``nixbuild build --quiet`` and once under bare ``nix build``: wall time,
    and the CPU time of nixbuild itself, of nix and of the builder (from /proc/PID/stat).
 
-    .venv/bin/python tests/perf/bench_throughput.py [--lines 2000000] [--chatty-lines 200000]
-    .venv/bin/python tests/perf/bench_throughput.py --full     # the issue's 5,000,000 lines
+    .venv/bin/python tests/perf/bench_throughput.py [--lines 5000000] [--chatty-lines 500000]
+    .venv/bin/python tests/perf/bench_throughput.py --full     # a 1,000,000-line real build
 
 Figures are printed, never asserted.
 """
@@ -218,16 +218,21 @@ def run(lines: int, chatty_lines: int) -> list[c.Row]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lines", type=int, default=2_000_000, help="generated log lines")
     parser.add_argument(
-        "--chatty-lines", type=int, default=200_000, help="lines the real chatty build prints"
+        "--lines", type=int, default=5_000_000, help="generated log lines [5,000,000]"
+    )
+    parser.add_argument(
+        "--chatty-lines",
+        type=int,
+        default=500_000,
+        help="lines the real chatty build prints [500,000]",
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add_arguments(parser)
-    parser.add_argument("--full", action="store_true", help="the issue's sizes: 5 M and 1 M")
+    parser.add_argument("--full", action="store_true", help="5 M generated, a 1 M line real build")
     args = parser.parse_args()
     if args.full:
         args.lines, args.chatty_lines = 5_000_000, 1_000_000
