@@ -455,10 +455,16 @@ def test_real_run_console_and_reports(
         if failed:
             assert annotations, "a failed attempt leaves no annotation"
         check_step_summary(step_summary, scenario, flake)
+        # one stop-commands token per run, not guessable from the log
+        assert len({*_TOKEN.findall(stderr)}) == 1
+        assert re.fullmatch(r"[0-9a-f]{32}", _TOKEN.findall(stderr)[0])
     else:
         assert "::group::" not in stderr and "::error" not in stderr
     if flavour == "gitlab":
         check_gitlab_console(stderr, attempts, failed)
+        # GitLab's section control sequence is the only escape: no colours, no redraws
+        assert set(re.findall(r"\x1b\[[0-9;?]*[A-Za-z]", stderr)) == {"\x1b[0K"}
+        assert stderr.count("\x1b") == stderr.count("\x1b[0K")
     else:
         assert "\x1b" not in stderr + run.result.stdout  # no colours, no redraws
     if flavour == "buildkite":
@@ -481,7 +487,10 @@ def check_step_summary(path: Path, scenario: Scenario, flake: Path) -> None:
         assert tuple(row[:4]) == want
         assert row[4] == "1"
         assert re.fullmatch(r"\d+(\.\d)?s", row[5]), row[5]  # a real, short duration
-        assert row[6] == "ok" if kind == "ok" else row[6].startswith(f"{kind} ("), row[6]
+        if kind == "ok":
+            assert row[6] == "ok", row[6]
+        else:
+            assert row[6].startswith(f"{kind} ("), row[6]  # kind (rule id)
         assert row[7].startswith(decision.format(flake=flake)), row[7]
     # the log tail of the last failed attempt, folded: shown whenever an attempt failed
     details = [t.content.strip() for t in tokens if t.type == "html_block"]
@@ -701,9 +710,10 @@ def test_run_refuses_what_it_cannot_supervise(
 ) -> None:
     result = run_wrapped(tmp_path, *[c.format(flake=flake) for c in command])
     assert result.returncode == 2, explain(result)
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("  hint: ")]
-    assert errors == [f"nixbuild: error: nixbuild run: {errors[0].split('nixbuild run: ', 1)[-1]}"]
-    assert message in errors[0]
+    first, *rest = result.stderr.splitlines()
+    assert first.startswith("nixbuild: error: nixbuild run: ") and message in first, first
+    assert len(rest) <= 1 and all(line.startswith("  hint: ") for line in rest), rest
+    assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "logs").exists()  # refused before anything ran
 
@@ -758,3 +768,61 @@ def test_network_failure_exits_75_with_an_error_annotation(
     root = check_junit(tmp_path / "report.xml", summary, failed=True)
     failure = root.find("testsuite/testcase/failure")
     assert failure is not None and failure.get("type") == "network"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the reports are written before the dev-shell command runs: runner.run_supervised "
+    "calls write_reports before run_wrapped_command, whose exit status never reaches the "
+    "summary, so --json says exit_code 0 and JUnit passes while the step exits 1",
+)
+def test_run_nix_develop_failing_command_is_in_the_reports(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    env = ci_env(
+        "github",
+        NIXBUILD_JSON=str(tmp_path / "report.json"),
+        NIXBUILD_JUNIT=str(tmp_path / "report.xml"),
+    )
+    result = nixbuild(
+        "run",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--",
+        *("nix", "develop", f"path:{fresh(flake)}#ok", "-c", "false"),
+        cwd=tmp_path / "work",
+        env=env,
+    )
+    assert result.returncode == 1, explain(result)
+    report = read_json(tmp_path / "report.json")
+    assert report["exit_code"] == result.returncode
+    root = ET.fromstring((tmp_path / "report.xml").read_text(encoding="utf-8"))
+    assert root.find("testsuite/testcase/failure") is not None
+
+
+# --- Buildkite: the annotation through buildkite-agent ---------------------------------------
+
+# A stand-in for buildkite-agent (no Buildkite agent can run here): it records its arguments
+# and the annotation body it is given on stdin, as the real `buildkite-agent annotate` reads it.
+STAND_IN_AGENT = """#!/bin/sh
+printf '%s\\n' "$@" > "$(dirname "$0")/argv"
+cat > "$(dirname "$0")/stdin"
+"""
+
+
+def test_buildkite_annotation_through_the_agent(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    agent = bindir / "buildkite-agent"
+    agent.write_text(STAND_IN_AGENT)
+    agent.chmod(0o755)
+    path = f"{bindir}{os.pathsep}{os.environ['PATH']}"
+    run = run_scenario("fallback", "buildkite", flake, tmp_path, nix_env, PATH=path)
+    assert run.result.returncode == 0, explain(run.result)
+    argv = (bindir / "argv").read_text().splitlines()
+    assert argv == ["annotate", "--style", "warning", "--context", "nixbuild"]
+    rows = table_rows(md_tokens((bindir / "stdin").read_text()))
+    assert len(rows) == 1 + len(SCENARIOS["fallback"].attempts)
+    assert rows[3][1] == f"path:{flake}#alwaysfail-bin"
