@@ -12,6 +12,7 @@ messages. Memory is bounded: finished activities are forgotten and tails are deq
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import deque
@@ -176,6 +177,7 @@ def drv_name(drv: str) -> str:
     return rest if sep and rest else base
 
 
+@functools.lru_cache(maxsize=4096)  # called for every build log line; a run has few drvs
 def log_prefix(drv: str) -> str:
     """The prefix ``nix build -L`` puts before builder output: the name without version.
 

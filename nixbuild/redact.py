@@ -121,6 +121,7 @@ _HINTS = (
 def redact_line(text: str) -> str:
     """``redact_text`` for one log line, fast when the line cannot hold a secret."""
     lowered = text.lower()
-    if not any(hint in lowered for hint in _HINTS):
-        return text
-    return redact_text(text)
+    for hint in _HINTS:  # a plain loop: measured faster than any() or one regex here
+        if hint in lowered:
+            return redact_text(text)
+    return text
