@@ -115,18 +115,17 @@ class Attempt:
         self.tick_s = tick_s
         self._tripped: str | None = None
 
-    def run(self, number: int, total: int, spec: AttemptSpec) -> AttemptRecord:
+    def run(
+        self, number: int, spec: AttemptSpec, announce: Callable[[Sequence[str]], None]
+    ) -> AttemptRecord:
+        """Run one attempt; ``announce(argv)`` is called once its command line is known."""
         cfg = self.settings
         argv = cfg.argv(self.nix, spec)
         shown = redact_argv(argv)  # what is recorded anywhere: tokens never reach a file
         self.files.add_command(number, shown)
         log_name = self.files.open_attempt(number)
         started = self.clock()
-        self.console.say(
-            f"attempt {number}/{total}: nix {cfg.mode} {spec.installable} "
-            f"(cores {spec.cores}, max-jobs {spec.max_jobs})",
-            started,
-        )
+        announce(shown)
         self.files.event(
             "attempt_started",
             attempt=number,

@@ -58,8 +58,10 @@ class CiObserver(BaseObserver):
     def run_started(self, run: RunStart) -> None:
         self.run_dir = Path(run.run_dir)
 
-    def attempt_started(self, number: int, total: int, spec: AttemptSpec) -> None:
-        for line in self.renderer.attempt_start(attempt_started(number, spec, ()), total=total):
+    def attempt_started(
+        self, number: int, total: int, spec: AttemptSpec, argv: Sequence[str]
+    ) -> None:
+        for line in self.renderer.attempt_start(attempt_started(number, spec, argv), total=total):
             self.say(line)
 
     def attempt_finished(self, record: AttemptRecord) -> None:

@@ -24,7 +24,8 @@ Exit codes:
   1    failed for a deterministic reason after the policy ran out
   2    usage or configuration error
   3    preflight refused (nix missing, not enough memory or disk)
-  75   transient failures (network, disk) exhausted the retries; try again later
+  75   transient failures (network, disk, timeout, deadline) used up the retries;
+       try again later
   130  interrupted by SIGINT, 143 by SIGTERM
 """
 

@@ -36,7 +36,9 @@ class RunStart:
 class RunObserver(Protocol):
     def run_started(self, run: RunStart) -> None: ...
 
-    def attempt_started(self, number: int, total: int, spec: AttemptSpec) -> None: ...
+    def attempt_started(
+        self, number: int, total: int, spec: AttemptSpec, argv: Sequence[str]
+    ) -> None: ...
 
     def progress(self, text: str) -> None: ...
 
@@ -53,7 +55,9 @@ class BaseObserver:
     def run_started(self, run: RunStart) -> None:
         return None
 
-    def attempt_started(self, number: int, total: int, spec: AttemptSpec) -> None:
+    def attempt_started(
+        self, number: int, total: int, spec: AttemptSpec, argv: Sequence[str]
+    ) -> None:
         return None
 
     def progress(self, text: str) -> None:
@@ -87,8 +91,10 @@ class Observers:
     def run_started(self, run: RunStart) -> None:
         self._each(lambda m: m.run_started(run))
 
-    def attempt_started(self, number: int, total: int, spec: AttemptSpec) -> None:
-        self._each(lambda m: m.attempt_started(number, total, spec))
+    def attempt_started(
+        self, number: int, total: int, spec: AttemptSpec, argv: Sequence[str]
+    ) -> None:
+        self._each(lambda m: m.attempt_started(number, total, spec, argv))
 
     def progress(self, text: str) -> None:
         self._each(lambda m: m.progress(text))
@@ -148,7 +154,9 @@ class NotifyObserver(BaseObserver):
     def run_started(self, run: RunStart) -> None:
         self.notifier.ready(f"run {run.run_id}: starting {run.installable}")
 
-    def attempt_started(self, number: int, total: int, spec: AttemptSpec) -> None:
+    def attempt_started(
+        self, number: int, total: int, spec: AttemptSpec, argv: Sequence[str]
+    ) -> None:
         self.prefix = f"attempt {number}/{total}"
         self.cores = f"cores {spec.cores}, max-jobs {spec.max_jobs}"
         self.notifier.status(f"{self.prefix}: starting {spec.installable}, {self.cores}")

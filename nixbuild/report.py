@@ -48,6 +48,7 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "duration_s",
     "gcroot",
     "outputs",
+    "command_exit_status",
     "attempts",
 )
 ATTEMPT_KEYS: tuple[str, ...] = (
@@ -239,6 +240,14 @@ def junit_xml(summary: Mapping[str, Any], log_tail: Sequence[str] = ()) -> str:
             "testcase", name=_xml_text(installable), classname="nixbuild", time=f"{seconds:.3f}"
         )
         cases.append(case)
+        command_failed = (
+            run.command_exit_status not in (None, 0) and installable == run.attempts[-1].installable
+        )
+        if command_failed:
+            failures += 1
+            message = f"the command run in the dev shell exited {run.command_exit_status}"
+            ET.SubElement(case, "failure", message=message, type="command")
+            continue
         if attempts and not attempts[-1].failed:
             continue
         last = attempts[-1] if attempts else None

@@ -9,6 +9,7 @@ plain values.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -43,25 +44,6 @@ from .watchdog import default_threshold
 from .wrapcmd import WrappedCommand, starting_parallelism
 from .wraprun import run_wrapped_command, wrap_argv, wrap_gcroot, wrap_mode
 
-FLAG_NAMES = (
-    "cores",
-    "max_jobs",
-    "log_dir",
-    "out_link",
-    "fallback",
-    "no_fallback",
-    "max_attempts",
-    "deadline",
-    "max_duration",
-    "stall_timeout",
-    "gc",
-    "quiet",
-    "variant",
-    "on_success",
-    "on_failure",
-    "oom_delay",
-)
-
 
 def probe_nix(environ: Mapping[str, str] | None = None) -> nixcmd.NixInfo:
     try:
@@ -93,7 +75,11 @@ def stop_time(cfg: config_mod.Config, now: datetime) -> float | None:
 def load_config(
     opts: Mapping[str, Any], installable: str | None, mode: str | None
 ) -> config_mod.Config:
-    flags = {name: opts.get(name) for name in FLAG_NAMES}
+    # Every command-line option that is also a config key is a flag for config.load;
+    # tests/test_cli.py checks that no run option is left out of the config table.
+    flags: dict[str, object | None] = {
+        name: value for name, value in opts.items() if name in config_mod.BY_NAME
+    }
     flags["installable"] = installable
     flags["mode"] = mode
     return config_mod.load(flags, config_path=opts.get("config_path"), job=opts.get("job"))
@@ -273,8 +259,10 @@ def run_supervised(
                 "(--fresh ignores this)"
             )
         settings = _attempt_settings(cfg, run_mode, gcroot, extra, command)
+        after_success = None
         if wrapped:
             settings = replace(settings, argv_for=wrap_argv(wrapped))
+            after_success = functools.partial(run_wrapped_command, wrapped, say)
         request = RunRequest(
             first=first,
             log_dir=log_dir,
@@ -282,6 +270,7 @@ def run_supervised(
             job=cfg.job,
             policy=_policy(cfg, fallback),
             fail_on_fallback=cfg["fail_on_fallback"],
+            after_success=after_success,
         )
         observers: list[RunObserver] = [
             LedgerObserver(ledger),
@@ -306,8 +295,6 @@ def run_supervised(
     )
     write_reports(outcome, json_path, junit_path, say)
     _print_result(outcome, request)
-    if wrapped is not None and outcome.exit_code == ExitCode.OK:
-        return run_wrapped_command(wrapped, say)
     return int(outcome.exit_code)
 
 
@@ -355,6 +342,7 @@ def _policy(cfg: config_mod.Config, fallback: str | None) -> policy.PolicyConfig
         network_cap_s=cfg["network_backoff_cap"],
         network_retries=cfg["network_retries"],
         oom_delay_s=cfg["oom_delay"],
+        settle_delay_s=cfg["settle_delay"],
         gc_allowed=cfg["gc"],
         fallback=fallback,
         max_attempts=cfg["max_attempts"],

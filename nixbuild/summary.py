@@ -45,6 +45,7 @@ def build_summary(
     finished: float,
     history: Sequence[AttemptRecord],
     outputs: Sequence[str],
+    command_exit_status: int | None = None,
 ) -> dict[str, object]:
     last = history[-1] if history else None
     return {
@@ -61,6 +62,8 @@ def build_summary(
         "duration_s": round(finished - started, 3),
         "gcroot": None if gcroot is None else str(gcroot),
         "outputs": list(outputs),
+        # `nixbuild run -- nix develop … -c CMD`: CMD's exit status (None: no such command)
+        "command_exit_status": command_exit_status,
         "attempts": [attempt_json(r) for r in history],
     }
 

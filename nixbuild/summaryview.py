@@ -81,6 +81,7 @@ class RunView:
     duration_s: float | None
     outputs: tuple[str, ...]
     attempts: tuple[AttemptView, ...]
+    command_exit_status: int | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -198,6 +199,7 @@ def read_summary(summary: Mapping[str, Any]) -> RunView:
         duration_s=_opt_float(summary, "duration_s"),
         outputs=tuple(str(o) for o in seq(summary, "outputs")),
         attempts=attempts,
+        command_exit_status=_opt_int(summary, "command_exit_status"),
     )
 
 

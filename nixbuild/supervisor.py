@@ -37,6 +37,9 @@ class RunRequest:
     job: str | None = None
     policy: policy.PolicyConfig = field(default_factory=policy.PolicyConfig)
     fail_on_fallback: bool = False  # a build that only succeeded as -bin exits 1
+    # `nixbuild run -- nix develop … -c CMD`: CMD runs once after the shell is built; its
+    # failure fails the run (reports, ledger, hooks all see it) but is never retried.
+    after_success: Callable[[Callable[[], int | None]], int] | None = None
 
 
 class Supervisor:
@@ -128,9 +131,8 @@ class Supervisor:
                 self.deadline_reached = True
                 self._warn("nixbuild: deadline reached, no further attempt")
                 break
-            self.observers.attempt_started(len(history) + 1, total, spec)
             baseline = self._available()
-            record = attempt.run(len(history) + 1, total, spec)
+            record = attempt.run(len(history) + 1, spec, self._announcer(len(history) + 1, spec))
             self._report_attempt(record, files)
             if record.diagnosis is None:
                 history.append(record)
@@ -148,6 +150,18 @@ class Supervisor:
             )
             spec = self._prepare_next(decision, kind, baseline, files)
         return self._finish(run_id, run_dir, files, started, history)
+
+    def _announcer(self, number: int, spec: AttemptSpec) -> Callable[[Sequence[str]], None]:
+        total = self.request.policy.max_attempts
+
+        def announce(argv: Sequence[str]) -> None:
+            self._say_attempt(
+                f"attempt {number}/{total}: nix {self.request.attempt.mode} {spec.installable} "
+                f"(cores {spec.cores}, max-jobs {spec.max_jobs})"
+            )
+            self.observers.attempt_started(number, total, spec, argv)
+
+        return announce
 
     def _available(self) -> int | None:
         try:
@@ -238,9 +252,16 @@ class Supervisor:
         started: float,
         history: Sequence[AttemptRecord],
     ) -> Outcome:
-        finished = self.clock()
         last = history[-1] if history else None
         succeeded = last is not None and last.diagnosis is None
+        command_failed = False
+        command_status: int | None = None
+        if succeeded and self.request.after_success is not None:
+            command_status = self.request.after_success(lambda: self.interrupted_by)
+            files.event("command_finished", exit_status=command_status)
+            command_failed = command_status != 0
+            succeeded = not command_failed
+        finished = self.clock()
         if succeeded and last is not None:
             status = "fallback" if last.spec.variant is Variant.BIN else "success"
         elif self.interrupted_by is not None:
@@ -248,7 +269,7 @@ class Supervisor:
         else:
             status = "failed"
         exit_code = policy.exit_code_for(history, succeeded)
-        if not history and self.interrupted_by is not None:
+        if not succeeded and self.interrupted_by is not None:
             exit_code = (
                 ExitCode.SIGINT if self.interrupted_by == signal.SIGINT else ExitCode.SIGTERM
             )
@@ -257,7 +278,9 @@ class Supervisor:
         if self.deadline_reached and exit_code == ExitCode.FAILED and not succeeded:
             # Not a verdict on the build: time ran out. A later run may well finish it.
             exit_code = ExitCode.TRANSIENT
-        if status == "fallback" and self.request.fail_on_fallback:
+        if (command_failed and self.interrupted_by is None) or (
+            status == "fallback" and self.request.fail_on_fallback
+        ):
             exit_code = ExitCode.FAILED
         outputs = last.outputs if succeeded and last is not None else ()
         req = self.request
@@ -273,6 +296,7 @@ class Supervisor:
             finished=finished,
             history=history,
             outputs=outputs,
+            command_exit_status=command_status,
         )
         files.write_summary(summary)
         files.event("run_finished", status=status, exit_code=int(exit_code), outputs=list(outputs))

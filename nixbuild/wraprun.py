@@ -37,8 +37,14 @@ def wrap_argv(wrapped: WrappedCommand) -> Callable[[AttemptSpec], Sequence[str]]
     return argv
 
 
-def run_wrapped_command(wrapped: WrappedCommand, say: Callable[[str], None]) -> int:
-    """After a supervised `nix develop`: run the user's original command once, as written."""
+def run_wrapped_command(
+    wrapped: WrappedCommand, say: Callable[[str], None], interrupted: Callable[[], int | None]
+) -> int:
+    """After a supervised `nix develop`: run the user's original command once, as written.
+
+    ``interrupted`` tells whether nixbuild got SIGINT/SIGTERM meanwhile: the command runs in
+    a session of its own (like nix), so the signal must be passed on by stopping it.
+    """
     if wrapped.mode is not WrapMode.DEVELOP or not wrapped.develop_command:
         return int(ExitCode.OK)
     say(f"nixbuild: the dev shell is built; running {' '.join(wrapped.develop_command)} in it")
@@ -59,7 +65,14 @@ def run_wrapped_command(wrapped: WrappedCommand, say: Callable[[str], None]) -> 
     except (CommandNotFound, OSError) as exc:
         say(f"nixbuild: could not run the command: {exc}")
         return int(ExitCode.FAILED)
-    status, signum = proc.wait()
+    while True:
+        status, signum = proc.wait(timeout=0.5)
+        if status is not None or signum is not None:
+            break
+        if interrupted() is not None:
+            proc.stop()
+    if interrupted() is not None:
+        return int(ExitCode.FAILED)
     if status == 0:
         return int(ExitCode.OK)
     how = f"signal {signum}" if signum else f"exit {status}"

@@ -79,7 +79,12 @@ def ci_env(flavour: str, **extra: str) -> dict[str, str]:
     }
     env.update(FLAVOURS[flavour])
     # No pause between attempts, and no heartbeat line that a slow machine could add.
-    env.update(NIXBUILD_OOM_DELAY="0", NIXBUILD_NETWORK_BACKOFF="0", NIXBUILD_HEARTBEAT="1h")
+    env.update(
+        NIXBUILD_OOM_DELAY="0",
+        NIXBUILD_NETWORK_BACKOFF="0",
+        NIXBUILD_SETTLE_DELAY="0",
+        NIXBUILD_HEARTBEAT="1h",
+    )
     env.update(extra)
     return env
 
@@ -538,11 +543,6 @@ def test_fail_on_fallback_exits_1_with_an_error(
     assert cases[f"path:{flake}#alwaysfail-bin"].find("failure") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner.FLAG_NAMES lacks json, junit, ci_format and fail_on_fallback: load_config "
-    "drops these four flags (their NIXBUILD_* twins work)",
-)
 @pytest.mark.parametrize("flag", ["--json", "--junit", "--ci-format", "--fail-on-fallback"])
 def test_report_flags_on_the_command_line(
     nix_env: dict[str, str], flake: Path, tmp_path: Path, flag: str
@@ -770,12 +770,6 @@ def test_network_failure_exits_75_with_an_error_annotation(
     assert failure is not None and failure.get("type") == "network"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the reports are written before the dev-shell command runs: runner.run_supervised "
-    "calls write_reports before run_wrapped_command, whose exit status never reaches the "
-    "summary, so --json says exit_code 0 and JUnit passes while the step exits 1",
-)
 def test_run_nix_develop_failing_command_is_in_the_reports(
     nix_env: dict[str, str], flake: Path, tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     """The env twins of the policy's pauses: degrade and network retries start at once."""
     monkeypatch.setenv("NIXBUILD_OOM_DELAY", "0")
     monkeypatch.setenv("NIXBUILD_NETWORK_BACKOFF", "0")
+    monkeypatch.setenv("NIXBUILD_SETTLE_DELAY", "0")
 
 
 @pytest.fixture

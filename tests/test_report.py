@@ -84,7 +84,8 @@ def test_schema_1_keys_are_pinned() -> None:
     assert report.SCHEMA_VERSION == 1
     assert SUMMARY_KEYS == (
         "schema", "run_id", "job", "installable", "mode", "status", "exit_code", "variant",
-        "started_at", "finished_at", "duration_s", "gcroot", "outputs", "attempts",
+        "started_at", "finished_at", "duration_s", "gcroot", "outputs", "command_exit_status",
+        "attempts",
     )  # fmt: skip
     assert ATTEMPT_KEYS == (
         "number", "installable", "variant", "cores", "max_jobs", "command", "started_at",
