@@ -104,6 +104,7 @@ class BuildCpu:
     nix_self_s: float  # nix's own CPU, all its processes (for the bare build, = top_self_s)
     builder_s: float  # the builder: bash and anything it runs
     builder_wall_s: float
+    top_peak_mib: float  # VmHWM of the command we started, last sample before it exited
 
 
 def run_observed(argv: list[str], env: dict[str, str], nix_is_top: bool) -> BuildCpu:
@@ -118,6 +119,7 @@ def run_observed(argv: list[str], env: dict[str, str], nix_is_top: bool) -> Buil
     last: dict[int, c.ProcStat] = {}
     builder_first: float | None = None
     builder_last = 0.0
+    peak_kib = 0
     while True:
         try:
             info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
@@ -125,6 +127,7 @@ def run_observed(argv: list[str], env: dict[str, str], nix_is_top: bool) -> Buil
             info = None
         if info is not None:
             break
+        peak_kib = max(peak_kib, c.vm_hwm_kib(proc.pid))
         stats = c.all_stats()
         for stat in c.descendants(proc.pid, stats):
             last[stat.pid] = stat
@@ -141,7 +144,7 @@ def run_observed(argv: list[str], env: dict[str, str], nix_is_top: bool) -> Buil
     # Every nix process nixbuild started (version probe, fallback check, the build).
     nix_self = top_self if nix_is_top else sum(s.self_s for s in last.values() if s.comm == "nix")
     builder_wall = builder_last - builder_first if builder_first is not None else float("nan")
-    return BuildCpu(wall, top_self, nix_self, builder, builder_wall)
+    return BuildCpu(wall, top_self, nix_self, builder, builder_wall, peak_kib / 1024)
 
 
 def chatty_rows(lines: int, root: Path) -> list[c.Row]:
@@ -198,6 +201,12 @@ def chatty_rows(lines: int, root: Path) -> list[c.Row]:
             f"{supervised.builder_wall_s:.2f} s / {bare.builder_wall_s:.2f} s",
             f"ratio {supervised.builder_wall_s / bare.builder_wall_s:.2f}: above 1 means the "
             "builder was slowed (it blocks when the log pipe is not drained)",
+        ),
+        c.Row(
+            SECTION_CPU,
+            "nixbuild peak RSS during the build",
+            f"{supervised.top_peak_mib:.1f} MiB",
+            "VmHWM of the nixbuild process (all its threads), sampled every 20 ms",
         ),
         c.Row(
             SECTION_CPU,
