@@ -290,7 +290,12 @@ def run_supervised(
         ).run()
     retention.prune(
         log_dir,
-        retention.RetentionPolicy(max_runs=cfg["keep_runs"], max_total_bytes=cfg["keep_size"]),
+        retention.RetentionPolicy(
+            max_runs=cfg["keep_runs"],
+            max_total_bytes=cfg["keep_size"],
+            # the newest few survive a size overflow, but never more than keep_runs
+            min_runs=min(retention.RetentionPolicy().min_runs, cfg["keep_runs"]),
+        ),
         current=outcome.run_id,
     )
     write_reports(outcome, json_path, junit_path, say)
