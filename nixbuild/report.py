@@ -241,7 +241,9 @@ def junit_xml(summary: Mapping[str, Any], log_tail: Sequence[str] = ()) -> str:
         )
         cases.append(case)
         command_failed = (
-            run.command_exit_status not in (None, 0) and installable == run.attempts[-1].installable
+            run.command_exit_status not in (None, 0)
+            and bool(run.attempts)
+            and installable == run.attempts[-1].installable
         )
         if command_failed:
             failures += 1
