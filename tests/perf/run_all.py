@@ -72,6 +72,19 @@ def classify_rows(size_mb: int) -> list[c.Row]:
     return rows
 
 
+def _without_out(argv: list[str]) -> list[str]:
+    """The command line to print: --out FILE changes no figure and would show a local path."""
+    shown, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            shown.append(arg)
+    return shown
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, help="also write the Markdown to this file")
@@ -115,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             step_started = time.perf_counter()
             rows += steps[name]()
             print(f"  {name}: {time.perf_counter() - step_started:.0f} s", file=sys.stderr)
-    command = "python tests/perf/run_all.py " + shlex.join(argv or sys.argv[1:])
+    command = "python tests/perf/run_all.py " + shlex.join(_without_out(argv or sys.argv[1:]))
     header = (
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{command.strip()}` "
         f"in {time.perf_counter() - started:.0f} s, on a machine shared with other work: "

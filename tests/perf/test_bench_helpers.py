@@ -90,3 +90,8 @@ def test_proc_stat_reads_this_process() -> None:
     stat = c.proc_stat(os.getpid())
     assert stat is not None and stat.pid == os.getpid() and stat.self_s >= 0
     assert c.vm_hwm_kib(os.getpid()) > 0
+
+
+def test_the_printed_command_leaves_out_the_output_file() -> None:
+    argv = ["--out", "/somewhere/perf.md", "--full", "--out=x.md", "--rounds", "3"]
+    assert run_all._without_out(argv) == ["--full", "--rounds", "3"]
