@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -209,9 +209,11 @@ class LogState:
     activities: dict[int, Start] = field(default_factory=dict)
     drv_of: dict[int, str] = field(default_factory=dict)
     phase_of: dict[str, str] = field(default_factory=dict)
-    tails: dict[str, deque[str]] = field(default_factory=dict)
+    # Tails of the most recently started derivations only: a 1000-derivation closure must
+    # not keep 1000 tails (memory stays flat in lines *and* in derivations).
+    tails: OrderedDict[str, deque[str]] = field(default_factory=OrderedDict)
+    max_tails: int = 64
     builds: BuildStatus = field(default_factory=BuildStatus)
-    started_drvs: deque[str] = field(default_factory=lambda: deque(maxlen=64))
 
     def running_drvs(self) -> list[str]:
         return [self.drv_of[i] for i in self.activities if i in self.drv_of]
@@ -251,8 +253,7 @@ class LogState:
         if event.type == ACT_BUILD and fields and isinstance(fields[0], str):
             drv = fields[0]
             self.drv_of[event.id] = drv
-            self.started_drvs.append(drv)
-            self.tails.setdefault(drv, deque(maxlen=self.tail_lines))
+            self._tail(drv)
             text = f"{event.text}..." if event.text else f"building '{drv}'..."
             return [LogLine(0, text, Source.NIX, drv)]
         if event.text and event.level <= LVL_INFO:
@@ -263,8 +264,16 @@ class LogState:
         drv = self._drv_for(act_id)
         if drv is None:
             return [LogLine(0, text, Source.BUILD)]
-        self.tails.setdefault(drv, deque(maxlen=self.tail_lines)).append(text)
+        self._tail(drv).append(text)
         return [LogLine(0, f"{log_prefix(drv)}> {text}", Source.BUILD, drv)]
+
+    def _tail(self, drv: str) -> deque[str]:
+        tail = self.tails.get(drv)
+        if tail is None:
+            tail = self.tails[drv] = deque(maxlen=self.tail_lines)
+            while len(self.tails) > self.max_tails:
+                self.tails.popitem(last=False)
+        return tail
 
     def _drv_for(self, act_id: int) -> str | None:
         """The derivation an activity belongs to, following ``parent`` links (newer nix)."""

@@ -121,6 +121,27 @@ _EVAL_OPTIONS = {
 }
 
 
+_PARALLELISM_FLAGS = ("--cores", "--max-jobs", "-j")
+_PARALLELISM_SETTINGS = ("cores", "max-jobs")
+
+
+def parallelism_in(extra: Sequence[str]) -> str | None:
+    """The pass-through argument that would set cores or max-jobs behind nixbuild's back.
+
+    Nix applies options in order, so such an argument after nixbuild's own would silently
+    defeat the degrade ladder; the caller refuses it and points at --cores/--max-jobs.
+    """
+    for i, arg in enumerate(extra):
+        if arg in _PARALLELISM_FLAGS or (arg.startswith("-j") and arg[2:].isdigit()):
+            return arg
+        if arg.startswith(("--cores=", "--max-jobs=")):
+            return arg
+        setting = extra[i + 1] if i + 1 < len(extra) else None
+        if arg in ("--option", "--extra-option") and setting in _PARALLELISM_SETTINGS:
+            return f"{arg} {setting}"
+    return None
+
+
 def eval_passthrough(extra: Sequence[str]) -> list[str]:
     """The subset of the user's extra nix arguments that matter to evaluation."""
     kept: list[str] = []

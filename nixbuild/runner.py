@@ -45,19 +45,6 @@ from .wrapcmd import WrappedCommand, starting_parallelism
 from .wraprun import run_wrapped_command, wrap_argv, wrap_gcroot, wrap_mode
 
 
-def probe_nix(environ: Mapping[str, str] | None = None) -> nixcmd.NixInfo:
-    try:
-        done = run_capture(["nix", "--version"], env=environ, timeout=30)
-    except CommandNotFound:
-        raise NixMissingError(
-            "nix is not installed (not found on PATH)", hint=nixcmd.INSTALL_HINT
-        ) from None
-    if not done.ok:
-        detail = done.stderr.strip() or done.stdout.strip()
-        raise NixMissingError(f"`nix --version` failed: {detail}")
-    return nixcmd.NixInfo(nixcmd.parse_nix_version(done.stdout))
-
-
 def stop_time(cfg: config_mod.Config, now: datetime) -> float | None:
     """The earlier of --deadline (next occurrence of HH:MM, local time) and --max-duration."""
     limits = []
@@ -108,26 +95,26 @@ def check_fallback(nix: nixcmd.NixInfo, candidate: str, extra: tuple[str, ...]) 
     return done.ok and done.stdout.strip() == "true"
 
 
-def choose_fallback(
-    cfg: config_mod.Config, nix: nixcmd.NixInfo, target: str, extra: tuple[str, ...], say: Console
-) -> str | None:
+def choose_fallback(cfg: config_mod.Config, target: str) -> tuple[str | None, bool]:
+    """(the fallback installable, whether it is derived and so still to be checked)."""
     if cfg["no_fallback"]:
-        return None
+        return None, False
     if cfg["fallback"]:
-        return str(cfg["fallback"])
+        return str(cfg["fallback"]), False
     candidate = plan.derive_fallback(target)
     if candidate is None or cfg["mode"] == "develop":
-        return None  # dev shells live under devShells; a -bin sibling cannot be guessed
-    if check_fallback(nix, candidate, extra):
-        say.say(f"nixbuild: fallback {candidate} exists and will be used if needed", 0)
-        return candidate
-    return None
+        return None, False  # dev shells live under devShells; a -bin sibling cannot be guessed
+    # Checked only when needed (the policy decides to fall back): evaluating nixpkgs for a
+    # fallback that a successful run never uses would cost every nightly run seconds.
+    return candidate, True
 
 
 def preflight(
     cfg: config_mod.Config, console: Console
 ) -> tuple[probe.MachineFacts, assess.Assessment]:
     facts = probe.collect_facts()
+    if facts.nix_version is None:
+        raise NixMissingError("nix is not installed (not found on PATH)", hint=nixcmd.INSTALL_HINT)
     verdict = assess.assess(facts, assess.thresholds_from(cfg.values), cfg["variant"])
     if verdict.cannot_succeed:
         raise PreflightRefused(
@@ -217,6 +204,13 @@ def run_supervised(
     reason = None if wrapped else nixcmd.check_installable(target)
     if reason is not None:
         raise UsageError(f"malformed installable {target!r}: {reason}")
+    clash = nixcmd.parallelism_in(extra)
+    if clash is not None:
+        raise UsageError(
+            f"`{clash}` after -- would override the parallelism nixbuild manages",
+            hint="use nixbuild's own --cores/--max-jobs: they set the first attempt, and "
+            "nixbuild lowers them after an out-of-memory failure",
+        )
     json_path = check_report_path(cfg["json"], "--json")
     junit_path = check_report_path(cfg["junit"], "--junit")
     renderer = choose_renderer(cfg["ci_format"], os.environ)
@@ -226,8 +220,8 @@ def run_supervised(
         quiet=cfg["quiet"],
         heartbeat_s=cfg["heartbeat"],
     )
-    nix = probe_nix()
     facts, verdict = preflight(cfg, console)
+    nix = nixcmd.NixInfo(nixcmd.parse_nix_version(facts.nix_version or ""))
     state_dir = state_dir_of(cfg)
     run_mode = wrap_mode(wrapped) if wrapped else Mode(cfg["mode"])
     gcroot = wrap_gcroot(wrapped) if wrapped else _gcroot(cfg, run_mode, state_dir, target)
@@ -242,7 +236,11 @@ def run_supervised(
     ):
         ledger.mark_abandoned(host=socket.gethostname())
         remembered = None if opts.get("fresh") else ledger.last_good_parallelism(target)
-        fallback = None if wrapped else choose_fallback(cfg, nix, target, extra, console)
+        fallback, derived = (None, False) if wrapped else choose_fallback(cfg, target)
+        if derived and fallback and verdict.variant is Variant.BIN:
+            if not check_fallback(nix, fallback, extra):
+                fallback = None  # first_attempt says why it cannot build the -bin variant
+            derived = False
         first = first_attempt(
             cfg,
             target,
@@ -271,6 +269,7 @@ def run_supervised(
             policy=_policy(cfg, fallback),
             fail_on_fallback=cfg["fail_on_fallback"],
             after_success=after_success,
+            verify_fallback=(lambda inst: check_fallback(nix, inst, extra)) if derived else None,
         )
         observers: list[RunObserver] = [
             LedgerObserver(ledger),

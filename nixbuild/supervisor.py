@@ -40,6 +40,8 @@ class RunRequest:
     # `nixbuild run -- nix develop … -c CMD`: CMD runs once after the shell is built; its
     # failure fails the run (reports, ledger, hooks all see it) but is never retried.
     after_success: Callable[[Callable[[], int | None]], int] | None = None
+    # A derived `-bin` fallback (not named by the user) is checked when first needed.
+    verify_fallback: Callable[[str], bool] | None = None
 
 
 class Supervisor:
@@ -193,7 +195,21 @@ class Supervisor:
                 policy.GIVE_UP,
                 reason=f"the next attempt ({decision.action}) would start after the deadline",
             )
+        if decision.action == policy.FALLBACK and decision.next is not None:
+            return self._checked_fallback(decision, decision.next.installable)
         return decision
+
+    def _checked_fallback(self, decision: Decision, installable: str) -> Decision:
+        verify = self.request.verify_fallback
+        if verify is None:
+            return decision
+        if verify(installable):
+            self._warn(f"nixbuild: the derived fallback {installable} exists")
+            return decision
+        return Decision(
+            policy.GIVE_UP,
+            reason=f"the derived fallback {installable} does not exist (nix eval found nothing)",
+        )
 
     def _prepare_next(
         self, decision: Decision, kind: Kind, baseline: int | None, files: RunFiles

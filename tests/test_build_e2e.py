@@ -293,3 +293,17 @@ def test_full_log_dir_does_not_stop_the_build(
     warnings = [line for line in result.stderr.splitlines() if "cannot write run logs" in line]
     assert warnings and "the build goes on" in warnings[0]
     assert (tmp_path / "result").resolve().name.endswith("-fixture-chatty-1.0")
+
+
+@pytest.mark.parametrize(
+    "extra", [["--option", "cores", "8"], ["--max-jobs", "4"], ["-j4"], ["--cores=8"]]
+)
+def test_parallelism_in_nix_args_is_refused(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path, extra: list[str]
+) -> None:
+    result = nixbuild(
+        "build", f"path:{flake}#ok", "--log-dir", str(tmp_path / "l"), "--", *extra, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "would override the parallelism nixbuild manages" in result.stderr
+    assert "--cores/--max-jobs" in result.stderr and not (tmp_path / "l").exists()

@@ -148,3 +148,12 @@ def test_tails_are_bounded() -> None:
 )
 def test_log_prefix_matches_nix_drvname(drv: str, prefix: str) -> None:
     assert ls.log_prefix(drv) == prefix
+
+
+def test_tails_are_kept_for_recent_derivations_only() -> None:
+    state = ls.LogState(tail_lines=2, max_tails=3)
+    for n in range(10):
+        drv = f"/nix/store/h{n}-pkg{n}-1.0.drv"
+        state.apply(ls.Start(n, ls.ACT_BUILD, 3, "", None, (drv,)))
+        state.apply(ls.BuildLogLine(n, f"line of {n}"))
+    assert [d.rsplit("-", 2)[-2] for d in state.tails] == ["pkg7", "pkg8", "pkg9"]
