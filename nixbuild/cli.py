@@ -7,9 +7,10 @@ only in ``main`` ("raise deep, exit at the edge").
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 
@@ -98,7 +99,51 @@ def run_options(func: F) -> F:
     return func
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+class LazyGroup(click.Group):
+    """A group whose commands from other modules are imported only when run.
+
+    `nixbuild --help` and every build would otherwise import the classifier's rule table,
+    sh (and with it asyncio), the systemd and torch modules: a quarter of a second.
+    """
+
+    # name → (module, attribute, one-line help shown in `nixbuild --help`)
+    lazy: ClassVar[dict[str, tuple[str, str, str]]] = {
+        "classify": ("cli_classify", "classify_command", "Say why a saved Nix build log failed."),
+        "service": ("cli_service", "service_group", "The nightly systemd user service and timer."),
+        "doctor": ("cli_service", "doctor_command", "Machine and Nix facts, and the plan."),
+        "init": ("cli_torch", "init_command", "Write a PyTorch CUDA project (source and -bin)."),
+        "verify": ("cli_torch", "verify_command", "Check PyTorch and CUDA inside a dev shell."),
+        "bench": ("cli_torch", "bench_command", "Time matmul in the source and the -bin shell."),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module_name, attr, _ = self.lazy[cmd_name]
+            module = importlib.import_module(f"{__package__}.{module_name}")
+            command = getattr(module, attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy:
+                rows.append((name, self.lazy[name][2]))
+            elif (command := super().get_command(ctx, name)) is not None:
+                rows.append((name, command.get_short_help_str(limit=formatter.width)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES_HELP,
+)
 @click.version_option(__version__, prog_name="nixbuild")
 def cli() -> None:
     """Run long Nix builds unattended: bounded parallelism, a diagnosis for every
@@ -210,26 +255,6 @@ def history(job: str | None, installable: str | None, limit: int, config_path: s
 
     click.echo(show_history(job, installable, limit, config_path))
     return 0
-
-
-def _register_optional() -> None:
-    """Commands that live in their own modules (kept out of this file to keep it small)."""
-    from .cli_classify import classify_command
-    from .cli_service import doctor_command, service_group
-    from .cli_torch import bench_command, init_command, verify_command
-
-    for command in (
-        classify_command,
-        service_group,
-        doctor_command,
-        init_command,
-        verify_command,
-        bench_command,
-    ):
-        cli.add_command(command)
-
-
-_register_optional()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

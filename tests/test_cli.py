@@ -35,12 +35,28 @@ def test_every_run_option_is_a_config_key(name: str) -> None:
 
 
 def all_commands() -> list[list[str]]:
+    ctx = click.Context(cli)
     found = []
-    for name, command in cli.commands.items():
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None, name
         found.append([name])
         if isinstance(command, click.Group):
             found += [[name, sub] for sub in command.commands]
     return found
+
+
+def test_lazy_commands_keep_help_fast_and_resolve() -> None:
+    """`nixbuild --help` lists every command without importing the heavy modules."""
+    code = (
+        "import sys; from nixbuild.cli import cli; from click.testing import CliRunner; "
+        "CliRunner().invoke(cli, ['--help']); "
+        "print(sorted(m for m in sys.modules if m in ('sh', 'nixbuild.classify_rules', "
+        "'nixbuild.cli_torch', 'nixbuild.cli_service')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    assert set(cli.list_commands(click.Context(cli))) >= {"classify", "service", "doctor", "init"}
 
 
 @pytest.mark.parametrize("path", all_commands(), ids=" ".join)
