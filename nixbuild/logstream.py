@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from json.decoder import scanstring  # type: ignore[attr-defined]
 
 from .model import LogLine, Source
 from .textlog import TextLogReader
@@ -120,8 +121,33 @@ def _int(value: object, default: int = 0) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
+# The one shape that makes up nearly all of a big build's log, as nix prints it (its JSON
+# keys come sorted): a builder's output line. Recognised without a full JSON parse, which
+# roughly doubles the throughput of the hot path; any other spelling takes the general path.
+_BUILD_LINE_HEAD = '@nix {"action":"result","fields":["'
+_BUILD_LINE_TAIL = re.compile(r'\],"id":(\d+),"type":10[17]\}$')
+
+
+def _fast_build_line(line: str) -> BuildLogLine | None:
+    try:
+        text, end = scanstring(line, len(_BUILD_LINE_HEAD))
+    except (ValueError, IndexError):
+        return None
+    match = _BUILD_LINE_TAIL.match(line, end)
+    if match is None:
+        return None
+    return BuildLogLine(int(match.group(1)), strip_ansi(text))
+
+
 def parse_line(line: str) -> Event:
     """Parse one line of nix's stderr. Never raises."""
+    if line.startswith(_BUILD_LINE_HEAD) and (fast := _fast_build_line(line)) is not None:
+        return fast
+    return parse_json_line(line)
+
+
+def parse_json_line(line: str) -> Event:
+    """``parse_line`` without the fast path: the reference the fast path must agree with."""
     if not line.startswith(PREFIX):
         return Plain(line)
     try:

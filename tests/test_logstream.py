@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nixbuild import logstream as ls
 from nixbuild.model import Source
@@ -157,3 +159,28 @@ def test_tails_are_kept_for_recent_derivations_only() -> None:
         state.apply(ls.Start(n, ls.ACT_BUILD, 3, "", None, (drv,)))
         state.apply(ls.BuildLogLine(n, f"line of {n}"))
     assert [d.rsplit("-", 2)[-2] for d in state.tails] == ["pkg7", "pkg8", "pkg9"]
+
+
+@given(st.text(), st.integers(min_value=0, max_value=2**62), st.sampled_from([101, 107]))
+def test_fast_path_agrees_with_the_json_parser(text: str, act_id: int, rtype: int) -> None:
+    # nix writes keys sorted and compact; the fast path must read exactly what json would
+    line = "@nix " + json.dumps(
+        {"action": "result", "fields": [text], "id": act_id, "type": rtype},
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+    event = ls.parse_line(line)
+    assert event == ls.parse_json_line(line) == ls.BuildLogLine(act_id, ls.strip_ansi(text))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '@nix {"action":"result","fields":["a"],"id":1,"type":105}',  # not a log line
+        '@nix {"action":"result","fields":["a","b"],"id":1,"type":101}',  # two fields
+        '@nix {"action":"result","fields":["unterminated',
+        '@nix {"action":"result","fields":["x"],"id":-1,"type":101}',
+    ],
+)
+def test_fast_path_declines_other_shapes(line: str) -> None:
+    assert ls.parse_line(line) == ls.parse_json_line(line)
