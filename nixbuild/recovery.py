@@ -7,7 +7,7 @@ this module does it, through process.py, with time and reading injected for test
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ GiB = 1024**3
 SEED_FREE_BYTES = 20 * GiB  # the seed advice for PyTorch-sized source builds
 
 
-def store_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> Path:
+def store_dir(environ: Mapping[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     return Path(env.get("NIX_STORE_DIR") or "/nix/store")
 
