@@ -21,7 +21,6 @@ NIXBUILD_FAIL_ON_FALLBACK); `test_report_flags_on_the_command_line` pins the fla
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import re
@@ -31,13 +30,13 @@ import subprocess
 import sys
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from ci_models import github_runner, md_tokens, need, table_rows
 
 from nixbuild.report import ATTEMPT_KEYS, SUMMARY_KEYS
 from nixbuild.summaryview import format_duration
@@ -58,16 +57,6 @@ FLAVOURS: dict[str, dict[str, str]] = {
     "plain": {"CI": "true"},
 }
 CI_PREFIXES = ("GITHUB_", "GITLAB_", "CI_", "BUILDKITE", "RUNNER_")
-
-
-def need(module: str) -> ModuleType:
-    """A test dependency: skip without it, but fail in CI, which must run these checks."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{module} is required in CI (test extra)")
-        pytest.skip(f"{module} not installed")
 
 
 def ci_env(flavour: str, **extra: str) -> dict[str, str]:
@@ -192,28 +181,6 @@ def test_normalise_replaces_what_varies_between_runs(tmp_path: Path) -> None:
 # --- what each CI makes of the console ------------------------------------------------------
 
 
-def github_runner(lines: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(commands the Actions runner executes, lines it shows), honouring stop-commands."""
-    executed: list[str] = []
-    shown: list[str] = []
-    resume: str | None = None
-    for line in lines:
-        if resume is not None:
-            if line.strip() == f"::{resume}::":
-                resume = None
-            else:
-                shown.append(line)
-            continue
-        if m := re.fullmatch(r"::stop-commands::(\S+)", line.strip()):
-            resume = m.group(1)
-        elif line.startswith("::"):
-            executed.append(line)
-        else:
-            shown.append(line)
-    assert resume is None, "workflow commands left stopped at the end of the step"
-    return executed, shown
-
-
 def check_github_console(stderr: str, attempts: int) -> list[str]:
     """Groups balanced, one per attempt, at most 3 annotations; returns the annotations."""
     executed, _ = github_runner(stderr.split("\n"))
@@ -253,34 +220,6 @@ def check_buildkite_console(stderr: str, attempts: int, failed: int) -> None:
 
 
 # --- reports --------------------------------------------------------------------------------
-
-
-def md_tokens(text: str) -> list[Any]:
-    markdown_it = need("markdown_it")
-    parser = markdown_it.MarkdownIt("commonmark").enable("table")
-    tokens: list[Any] = parser.parse(text)
-    html: str = parser.render(text)
-    assert "<table>" in html
-    return tokens
-
-
-def table_rows(tokens: list[Any]) -> list[list[str]]:
-    """Each row of the first table as the rendered text of its cells."""
-    rows: list[list[str]] = []
-    cell: list[str] | None = None
-    for tok in tokens:
-        if tok.type == "table_close":
-            break
-        if tok.type == "tr_open":
-            rows.append([])
-        elif tok.type in ("th_open", "td_open"):
-            cell = []
-        elif tok.type == "inline" and cell is not None:
-            cell.append("".join(c.content for c in tok.children or [] if c.type == "text"))
-        elif tok.type in ("th_close", "td_close") and cell is not None:
-            rows[-1].append("".join(cell))
-            cell = None
-    return rows
 
 
 @functools.cache

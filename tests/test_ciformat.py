@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ci_models import github_runner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -284,28 +285,6 @@ def test_at_most_a_few_annotations_per_run() -> None:
 
 
 # --- what each CI makes of the transcript -------------------------------------------------------
-
-
-def github_runner(lines: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(commands the runner executed, lines it showed as text), honouring stop-commands."""
-    executed: list[str] = []
-    shown: list[str] = []
-    resume: str | None = None
-    for line in lines:
-        if resume is not None:
-            if line.strip() == f"::{resume}::":
-                resume = None
-            else:
-                shown.append(line)
-            continue
-        if m := re.fullmatch(r"::stop-commands::(\S+)", line.strip()):
-            resume = m.group(1)
-        elif line.lstrip().startswith("::"):
-            executed.append(line.strip())
-        else:
-            shown.append(line)
-    assert resume is None, "commands left stopped at the end of the step"
-    return executed, shown
 
 
 @pytest.mark.parametrize("name", NAMES)

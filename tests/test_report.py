@@ -14,15 +14,14 @@ not string comparison.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from ci_models import md_tokens, need, table_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,16 +56,6 @@ NASTY_TAIL = (
 def summary(name: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((GOLDEN / "summaries" / f"{name}.json").read_text())
     return data
-
-
-def need(module: str) -> ModuleType:
-    """A test dependency: skip without it, but fail in CI, which must run these checks."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{module} is required in CI (test extra)")
-        pytest.skip(f"{module} not installed")
 
 
 def check_golden(path: Path, text: str) -> None:
@@ -147,30 +136,6 @@ def test_human_summary_tells_the_whole_story_of_a_fallback() -> None:
 
 
 # --- Markdown step summary ----------------------------------------------------------------------
-
-
-def md_tokens(text: str) -> list[Any]:
-    markdown_it = need("markdown_it")
-    parser = markdown_it.MarkdownIt("commonmark").enable("table")
-    tokens: list[Any] = parser.parse(text)
-    return tokens
-
-
-def table_rows(tokens: list[Any]) -> list[list[str]]:
-    """Each row of the (first) table as the rendered text of its cells."""
-    rows: list[list[str]] = []
-    cell: list[str] | None = None
-    for tok in tokens:
-        if tok.type == "tr_open":
-            rows.append([])
-        elif tok.type in ("th_open", "td_open"):
-            cell = []
-        elif tok.type == "inline" and cell is not None:
-            cell.append("".join(c.content for c in tok.children or [] if c.type == "text"))
-        elif tok.type in ("th_close", "td_close") and cell is not None:
-            rows[-1].append("".join(cell))
-            cell = None
-    return rows
 
 
 @pytest.mark.parametrize("name", NAMES)
