@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import vm_hwm_kib  # a script directory, not a package
+
 REPO = Path(__file__).resolve().parents[2]
 DRV = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-python3.12-torch-2.5.1.drv"
 ROOT_ID = 77_000_000_000_000
@@ -144,19 +146,9 @@ def generate(path: Path, size_mb: int) -> tuple[int, int]:
     return lines + 6, path.stat().st_size
 
 
-def vm_hwm_kib(pid: int) -> int:
-    """The high-water mark of the process's resident memory (VmHWM), in KiB.
-
-    Read from /proc while the process runs, not from ru_maxrss: after fork and exec the
-    kernel carries the parent's high-water mark into the child's ru_maxrss, so every
-    child of this (larger) benchmark process would report at least the parent's size."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+# Peak memory comes from VmHWM read from /proc while the child runs, not ru_maxrss: after
+# fork and exec the kernel carries the parent's high-water mark into the child's
+# ru_maxrss, so every child of this (larger) benchmark process would report the parent's.
 
 
 def run_child(argv: list[str]) -> tuple[float, int, str]:
