@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_build_e2e import nixbuild, plain_env  # the terminal flavour, never CI's
 
 pytestmark = pytest.mark.nix
 
@@ -57,17 +58,6 @@ def failures(tmp_path: Path, nix_env: dict[str, str]) -> Path:
     shutil.copytree(FAILURES, dest)
     (dest / "nonce.txt").write_text(uuid.uuid4().hex)
     return dest
-
-
-def nixbuild(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nixbuild", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def build(installable: str, *args: str, tmp: Path, name: str = "run") -> Run:
@@ -456,6 +446,7 @@ def test_two_runs_at_once_are_both_recorded(fresh_flake: Path, tmp_path: Path) -
         proc = subprocess.Popen(
             [sys.executable, "-m", "nixbuild", *argv],
             cwd=tmp_path,
+            env=plain_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
