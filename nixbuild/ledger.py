@@ -20,7 +20,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
 
-from .ledger_db import LedgerError as LedgerError  # re-exported: the error of this API
 from .ledger_db import ledger_error, open_db, schema_version
 from .model import AttemptRecord, Kind, Variant
 from .policy import format_delay

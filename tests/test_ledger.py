@@ -17,12 +17,12 @@ from nixbuild.ledger import (
     ABANDONED,
     RUNNING,
     Ledger,
-    LedgerError,
     LiveRun,
     abandoned_runs,
     describe_run,
     pid_alive,
 )
+from nixbuild.ledger_db import LedgerError
 from nixbuild.model import (
     AttemptRecord,
     AttemptSpec,
