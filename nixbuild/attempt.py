@@ -9,8 +9,10 @@ process group on a signal, the deadline, a stall or the memory watchdog.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +68,21 @@ class AttemptSettings:
 
 
 class LineFanout:
-    """Receives nix's raw lines (from sh's reader threads) and fans them out, in order."""
+    """Receives nix's raw lines and fans them out, in order, on a worker thread of its own.
 
-    def __init__(self, files: RunFiles, console: Console, clock: Callable[[], float]) -> None:
+    sh's reader threads only queue each line, so nix's pipe is drained as fast as it fills
+    and a chatty builder is not held up by parsing and classification. A sustained flood
+    beyond ``backlog`` queued lines makes the readers wait for the worker to catch up, which
+    bounds memory (about 200 bytes a line).
+    """
+
+    def __init__(
+        self,
+        files: RunFiles,
+        console: Console,
+        clock: Callable[[], float],
+        backlog: int = 50_000,
+    ) -> None:
         self.files = files
         self.console = console
         self.clock = clock
@@ -76,20 +90,36 @@ class LineFanout:
         self.classifier = Classifier()
         self.lines = 0
         self.last_activity = clock()
-        self._lock = threading.Lock()
+        self.backlog = backlog
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._drain, name="log-fanout", daemon=True)
+        self._worker.start()
 
     def feed(self, raw: str) -> None:
-        with self._lock:
-            now = self.clock()
-            self.last_activity = now
-            for produced in self.state.apply(parse_line(raw)):
-                self.lines += 1
-                line = LogLine(
-                    self.lines, redact_line(produced.text), produced.source, produced.drv
-                )
-                self.files.attempt_line(line.text)
-                self.classifier.feed(line)
-                self.console.log_line(line, now)
+        """Called on sh's reader threads: hand the line over, and wait only in a flood."""
+        self.last_activity = self.clock()
+        self._queue.put(raw)
+        if self._queue.qsize() > self.backlog:
+            while self._queue.qsize() > self.backlog // 2 and self._worker.is_alive():
+                time.sleep(0.005)
+
+    def close(self) -> None:
+        """After nix has exited: process every line still queued, then stop the worker."""
+        self._queue.put(None)
+        self._worker.join()
+
+    def _drain(self) -> None:
+        while (raw := self._queue.get()) is not None:
+            self._process(raw)
+
+    def _process(self, raw: str) -> None:
+        now = self.clock()
+        for produced in self.state.apply(parse_line(raw)):
+            self.lines += 1
+            line = LogLine(self.lines, redact_line(produced.text), produced.source, produced.drv)
+            self.files.attempt_line(line.text)
+            self.classifier.feed(line)
+            self.console.log_line(line, now)
 
 
 class Attempt:
@@ -149,6 +179,7 @@ class Attempt:
             if stop_reason is not None:
                 external.append(LogLine(0, stop_reason, Source.EXTERNAL))
         finally:
+            fanout.close()
             self.console.done()
             if watchdog is not None:
                 watchdog.stop()

@@ -1,0 +1,55 @@
+"""The line fan-out: sh's reader threads only queue; one worker numbers and processes."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+from nixbuild.attempt import LineFanout
+from nixbuild.console import Console
+from nixbuild.rundir import RunFiles
+
+
+def fanout(tmp_path: Path, backlog: int = 50_000) -> tuple[LineFanout, RunFiles]:
+    files = RunFiles(tmp_path, lambda _: None)
+    files.open_attempt(1)
+    return LineFanout(files, Console(io.StringIO()), time.monotonic, backlog=backlog), files
+
+
+def build_line(act_id: int, text: str) -> str:
+    fields = {"action": "result", "fields": [text], "id": act_id, "type": 101}
+    return "@nix " + json.dumps(fields, separators=(",", ":"))
+
+
+def test_every_line_is_processed_in_order_per_stream(tmp_path: Path) -> None:
+    fan, files = fanout(tmp_path, backlog=100)  # small: the readers must wait for the worker
+    fan.feed(
+        '@nix {"action":"start","id":1,"level":3,"type":105,"text":"building",'
+        '"fields":["/nix/store/aaaa-demo-1.0.drv"]}'
+    )
+
+    def reader(stream: str) -> None:
+        for i in range(3000):
+            fan.feed(build_line(1, f"{stream} {i}"))
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in ("out", "err")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fan.close()
+    files.close()
+    lines = (tmp_path / "attempt-1.log").read_text().splitlines()
+    assert lines[0] == "building..." and len(lines) == 6001 and fan.lines == 6001
+    for stream in ("out", "err"):
+        mine = [int(line.split()[-1]) for line in lines[1:] if line.startswith(f"demo> {stream}")]
+        assert mine == list(range(3000))  # nothing lost, nothing reordered
+
+
+def test_close_without_lines_stops_the_worker(tmp_path: Path) -> None:
+    fan, _ = fanout(tmp_path)
+    fan.close()
+    assert fan.lines == 0
