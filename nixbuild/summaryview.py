@@ -8,6 +8,7 @@ no renderer (report.py, ciformat.py) ever has to guard a lookup or can crash on 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -97,14 +98,16 @@ class RunView:
         return failed[-1] if failed else None
 
 
+# Text read from a summary is for display: terminal escapes and control characters are
+# dropped here, once, so no renderer can pass one on (an installable can contain anything).
 def _str(d: Mapping[str, Any], key: str, default: str = "") -> str:
     value = d.get(key)
-    return value if isinstance(value, str) else default
+    return clean_text(value) if isinstance(value, str) else default
 
 
 def _opt_str(d: Mapping[str, Any], key: str) -> str | None:
     value = d.get(key)
-    return value if isinstance(value, str) else None
+    return clean_text(value) if isinstance(value, str) else None
 
 
 def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
@@ -114,9 +117,9 @@ def _opt_int(d: Mapping[str, Any], key: str) -> int | None:
 
 def _opt_float(d: Mapping[str, Any], key: str) -> float | None:
     value = d.get(key)
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
-    return None
+    return None  # absent, not a number, or inf/nan (which no duration can be)
 
 
 def _map(d: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:

@@ -361,3 +361,9 @@ def test_the_supervisors_summary_has_exactly_the_pinned_keys() -> None:
     validate_junit(junit_xml(data, ("tail",)))
     assert table_rows(md_tokens(step_summary_markdown(data)))[1][6] == "oom (oom.cc1plus-killed)"
     assert str(Variant.SOURCE) == data["variant"]
+
+
+def test_non_finite_durations_are_treated_as_unknown() -> None:
+    # found by the property test above: a summary dict (not JSON) can carry inf or nan
+    for bad in (float("inf"), float("nan")):
+        assert "?" in human_summary({"status": "failed", "duration_s": bad})
