@@ -15,6 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# In CI the property tests draw the same examples every run (a red CI must be reproducible,
+# not a dice roll); locally they explore new examples each time.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_FLAKE = FIXTURES / "flake"
