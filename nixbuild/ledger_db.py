@@ -9,6 +9,7 @@ errors into a LedgerError that says what to do.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from .errors import NixbuildError
@@ -68,8 +69,7 @@ def open_db(path: Path) -> sqlite3.Connection:
         _migrate(db)
         # After the schema exists: switching to WAL needs a moment of exclusive access, and
         # once set it is a property of the file that later connections inherit.
-        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            db.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(db)
         db.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; a run writes little
     except BaseException as exc:
         if db is not None:
@@ -78,6 +78,23 @@ def open_db(path: Path) -> sqlite3.Connection:
             raise ledger_error(path, "open", exc) from exc
         raise
     return db
+
+
+def _switch_to_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode, retrying while other openers hold it.
+
+    Changing the journal mode needs the file to itself, and SQLite answers "database is
+    locked" at once instead of waiting on busy_timeout (seen with three processes opening
+    a new ledger together), so the wait is done here, bounded like any other lock wait.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
