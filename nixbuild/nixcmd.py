@@ -26,10 +26,6 @@ class NixInfo:
         # flag appeared); passing them when already enabled is harmless.
         return self.version >= (2, 4, 0)
 
-    @property
-    def version_text(self) -> str:
-        return ".".join(map(str, self.version))
-
 
 def parse_nix_version(output: str) -> tuple[int, int, int]:
     """``nix (Nix) 2.8.0`` / ``nix (Determinate Nix 3.6.2) 2.29.0`` → (2, 8, 0)."""

@@ -141,9 +141,14 @@ class RunFiles:
         return name
 
     def attempt_line(self, text: str) -> None:
+        # Called for every log line: the same guard as _safe, without a closure per line.
         log = self._attempt_log
-        if log is not None:
-            self._safe(lambda: log.write(text + "\n"))
+        if log is None or self._broken:
+            return
+        try:
+            log.write(text + "\n")
+        except OSError as exc:
+            self._fail(exc)
 
     def close_attempt(self) -> None:
         if self._attempt_log is not None:
