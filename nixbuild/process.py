@@ -96,23 +96,39 @@ def run_capture(
     timeout: float | None = None,
     stdin: str | None = None,
 ) -> Completed:
-    """Run a short command to completion and return its status and decoded output."""
+    """Run a short command to completion and return its status and decoded output.
+
+    The timeout is our own timer, not sh's ``_timeout``: sh watches its timeout in a thread
+    that wakes every 0.1 s, so every ``_timeout`` call lasted at least 0.1 s (measured:
+    0.105 s for a 0.01 s ``nix --version``), and a build starts after several such calls.
+    """
     cmd = _command(argv)
     kwargs = _common_kwargs(env, cwd)
-    if timeout is not None:
-        kwargs["_timeout"] = timeout
-        kwargs["_timeout_signal"] = signal.SIGKILL
     if stdin is not None:
         kwargs["_in"] = stdin
+    running = cmd(*argv[1:], _bg=True, _bg_exc=False, _return_cmd=True, **kwargs)
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        with contextlib.suppress(OSError):
+            running.signal_group(signal.SIGKILL)
+
+    timer = None if timeout is None else threading.Timer(timeout, kill)
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
-        result = cmd(*argv[1:], _return_cmd=True, **kwargs)
-    except sh.TimeoutException as exc:
-        raise NixbuildError(f"{argv[0]} did not finish within {timeout} s") from exc
+        running.wait()
+        status = running.exit_code
     except sh.SignalException as exc:
-        return Completed(
-            tuple(argv), 128 + abs(exc.exit_code), _text(exc.stdout), _text(exc.stderr)
-        )
-    return Completed(tuple(argv), result.exit_code, _text(result.stdout), _text(result.stderr))
+        status = 128 + abs(exc.exit_code)
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if timed_out.is_set():
+        raise NixbuildError(f"{argv[0]} did not finish within {timeout} s")
+    return Completed(tuple(argv), status, _text(running.stdout), _text(running.stderr))
 
 
 def _text(data: bytes | str) -> str:
@@ -134,23 +150,37 @@ class Supervised:
         self.argv = tuple(argv)
         cmd = _command(argv)
         kwargs = _common_kwargs(env, cwd)
+        # ``_in=""``: the child's stdin is at end of file. Without it sh gives a child with
+        # output callbacks a stdin fed from a queue that its input thread polls every
+        # 0.1 s, so every attempt ended 0.1 s late; a build never reads stdin anyway.
         kwargs.update(
-            _bg=True, _bg_exc=False, _out=_line_sink(on_stdout), _err=_line_sink(on_stderr)
+            _bg=True,
+            _bg_exc=False,
+            _in="",
+            _out=_line_sink(on_stdout),
+            _err=_line_sink(on_stderr),
         )
         self._running = cmd(*argv[1:], **kwargs)
         self.pid: int = self._running.pid
         self._stopping = threading.Lock()
+        # sh's ``wait(timeout=…)`` polls every 0.1 s, so each watchdog tick and the end of
+        # every build paid up to 0.1 s; one thread blocks in sh's untimed wait (which also
+        # waits for the output threads, so every line was delivered) and sets an event.
+        self._exited = threading.Event()
+        threading.Thread(target=self._reap, name="nixbuild-reap", daemon=True).start()
+
+    def _reap(self) -> None:
+        try:
+            self._running.wait()
+        except sh.ErrorReturnCode:
+            pass  # a signal death; the exit code is read from the process below
+        finally:
+            self._exited.set()
 
     def wait(self, timeout: float | None = None) -> tuple[int | None, int | None]:
         """Wait for the child; return (exit status, terminating signal). (None, None) on timeout."""
-        try:
-            self._running.wait(timeout=timeout)
-        except sh.TimeoutException:
+        if not self._exited.wait(timeout):
             return None, None
-        except sh.SignalException as exc:
-            return None, abs(exc.exit_code)
-        except sh.ErrorReturnCode as exc:  # pragma: no cover - ok_code covers all statuses
-            return exc.exit_code, None
         code = self._running.exit_code
         if code is not None and code < 0:
             return None, -code
