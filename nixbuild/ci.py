@@ -12,7 +12,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .ciformat import CiRenderer, Flavor, attempt_started, detect_ci, publish_summary, renderer_for
+from .cidetect import Flavor, detect_ci
+from .ciformat import CiRenderer, attempt_started, publish_summary, renderer_for
 from .errors import UsageError
 from .model import AttemptRecord, AttemptSpec
 from .observers import BaseObserver, RunStart

@@ -23,7 +23,6 @@ No ANSI colour anywhere, except GitLab's section control sequences, which GitLab
 
 from __future__ import annotations
 
-import enum
 import os
 import re
 import secrets
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import process
-from .errors import UsageError
+from .cidetect import Flavor
 from .model import AttemptSpec
 from .report import step_summary_markdown
 from .summaryview import (
@@ -54,46 +53,6 @@ from .summaryview import (
 
 MAX_ANNOTATIONS = 3
 _EVIDENCE_IN_ANNOTATION = 5
-
-
-class Flavor(enum.StrEnum):
-    GITHUB = "github"
-    GITLAB = "gitlab"
-    BUILDKITE = "buildkite"
-    PLAIN = "plain"  # a CI we do not know: plain lines, no markup
-    TERMINAL = "terminal"  # not in CI: the console decides (colours, redraws)
-
-
-CI_FORMAT_CHOICES: tuple[str, ...] = ("github", "gitlab", "buildkite", "plain")
-
-
-def parse_flavor(text: str) -> Flavor:
-    """The ``--ci-format`` value; anything else is a usage error."""
-    value = text.strip().lower()
-    if value not in CI_FORMAT_CHOICES:
-        raise UsageError(
-            f"unknown CI format {text!r}", hint=f"choose one of: {', '.join(CI_FORMAT_CHOICES)}"
-        )
-    return Flavor(value)
-
-
-def _truthy(value: str | None) -> bool:
-    return value is not None and value.strip().lower() not in ("", "0", "false", "no")
-
-
-def detect_ci(environ: Mapping[str, str], override: str | None = None) -> Flavor:
-    """Which CI runs us, from the variables each one sets; ``override`` (--ci-format) wins."""
-    if override:
-        return parse_flavor(override)
-    if environ.get("GITHUB_ACTIONS") == "true":
-        return Flavor.GITHUB
-    if _truthy(environ.get("GITLAB_CI")):
-        return Flavor.GITLAB
-    if _truthy(environ.get("BUILDKITE")):
-        return Flavor.BUILDKITE
-    if _truthy(environ.get("CI")):
-        return Flavor.PLAIN
-    return Flavor.TERMINAL
 
 
 # --- GitHub workflow-command escaping (as @actions/core's command.ts does it) ---------------

@@ -224,7 +224,7 @@ def run(nix_command: tuple[str, ...], **opts: Any) -> int:
 @run_options
 def demo(**opts: Any) -> int:
     """Build the embedded demo flake under supervision (no network, no nixpkgs)."""
-    from .runner import run_demo
+    from .demorun import run_demo
 
     return run_demo(opts)
 

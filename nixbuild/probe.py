@@ -348,6 +348,14 @@ def _user_and_groups() -> tuple[str, frozenset[str]]:
     return user, frozenset(names)
 
 
+def _trusted_users(runner: Runner) -> str | None:
+    shown = _run(runner, ["nix", "--extra-experimental-features", "nix-command", "show-config"])
+    if shown is None or not shown.ok:
+        shown = _run(runner, ["nix", "config", "show"])
+    config = parse_nix_config(shown.stdout) if shown is not None and shown.ok else {}
+    return config.get("trusted-users")
+
+
 def collect_facts(
     env: Mapping[str, str] | None = None,
     *,
@@ -362,24 +370,23 @@ def collect_facts(
     store = Path(env.get("NIX_STORE_DIR") or "/nix/store")
     build = Path(env.get("TMPDIR") or "/tmp")  # nix's own default build dir
 
-    version = config = mode = None
+    version = mode = None
     honoured: bool | None = None
     reason = "nix is not installed"
     done = _run(runner, ["nix", "--version"])
     if done is not None and done.ok:
         version = parse_nix_version(done.stdout)
-        shown = _run(runner, ["nix", "--extra-experimental-features", "nix-command", "show-config"])
-        if shown is None or not shown.ok:
-            shown = _run(runner, ["nix", "config", "show"])
-        config = parse_nix_config(shown.stdout) if shown is not None and shown.ok else {}
         state_dir = Path(env.get("NIX_STATE_DIR") or "/nix/var/nix")
         mode = store_mode(
             env.get("NIX_REMOTE"),
             os.access(existing_ancestor(state_dir), os.W_OK),
             (state_dir / "daemon-socket" / "socket").exists(),
         )
+        # Only a daemon's trusted-users matter, and asking nix for its configuration costs
+        # a process start before every build: skip it when nix opens the store itself.
+        trusted = None if mode == "local" else _trusted_users(runner)
         user, groups = _user_and_groups()
-        honoured, reason = options_honoured(mode, user, groups, config.get("trusted-users"))
+        honoured, reason = options_honoured(mode, user, groups, trusted)
     return MachineFacts(
         mem_total_bytes=memory.total_bytes,
         mem_available_bytes=memory.available_bytes,

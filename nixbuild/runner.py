@@ -13,23 +13,19 @@ import functools
 import hashlib
 import os
 import re
-import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import assess, nixcmd, plan, policy, probe, retention
+from . import assess, cidetect, nixcmd, plan, policy, probe, retention
 from . import config as config_mod
 from .attempt import AttemptSettings
-from .ci import CiObserver, check_report_path, choose_renderer, write_reports
 from .console import Console
 from .errors import ExitCode, NixMissingError, PreflightRefused, UsageError
 from .ledger import LEDGER_FILENAME, Ledger
@@ -41,8 +37,15 @@ from .summary import Outcome
 from .supervisor import RunRequest, Supervisor
 from .systemd import Notifier
 from .watchdog import default_threshold
-from .wrapcmd import WrappedCommand, starting_parallelism
-from .wraprun import run_wrapped_command, wrap_argv, wrap_gcroot, wrap_mode
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from .wrapcmd import WrappedCommand
+
+# Imported where used: the CI renderers and reports (ci, ciformat, report) only in CI or
+# when a report is asked for, and the `nixbuild run` parts (wrapcmd, wraprun) only for a
+# wrapped command. Together they were ≈30 ms of every build's start-up.
 
 
 def stop_time(cfg: config_mod.Config, now: datetime) -> float | None:
@@ -145,6 +148,8 @@ def first_attempt(
         explicit_jobs = None
     cores = min(cores, verdict.cores or cores)
     if wrapped is not None:
+        from .wrapcmd import starting_parallelism  # noqa: PLC0415 - see the imports
+
         explicit_cores, explicit_jobs = starting_parallelism(
             wrapped,
             cfg["cores"] if cfg.sources["cores"] != "default" else None,
@@ -211,9 +216,10 @@ def run_supervised(
             hint="use nixbuild's own --cores/--max-jobs: they set the first attempt, and "
             "nixbuild lowers them after an out-of-memory failure",
         )
-    json_path = check_report_path(cfg["json"], "--json")
-    junit_path = check_report_path(cfg["junit"], "--junit")
-    renderer = choose_renderer(cfg["ci_format"], os.environ)
+    ci = _ci_module(cfg)
+    json_path = ci.check_report_path(cfg["json"], "--json") if ci else None
+    junit_path = ci.check_report_path(cfg["junit"], "--junit") if ci else None
+    renderer = ci.choose_renderer(cfg["ci_format"], os.environ) if ci else None
     console = Console(
         sys.stderr,
         tty=sys.stderr.isatty() and renderer is None,
@@ -223,8 +229,7 @@ def run_supervised(
     facts, verdict = preflight(cfg, console)
     nix = nixcmd.NixInfo(nixcmd.parse_nix_version(facts.nix_version or ""))
     state_dir = state_dir_of(cfg)
-    run_mode = wrap_mode(wrapped) if wrapped else Mode(cfg["mode"])
-    gcroot = wrap_gcroot(wrapped) if wrapped else _gcroot(cfg, run_mode, state_dir, target)
+    run_mode, gcroot = _mode_and_gcroot(cfg, wrapped, state_dir, target)
     log_dir = Path(cfg["log_dir"]).expanduser()
 
     def say(text: str) -> None:
@@ -259,8 +264,10 @@ def run_supervised(
         settings = _attempt_settings(cfg, run_mode, gcroot, extra, command)
         after_success = None
         if wrapped:
-            settings = replace(settings, argv_for=wrap_argv(wrapped))
-            after_success = functools.partial(run_wrapped_command, wrapped, say)
+            from . import wraprun  # noqa: PLC0415 - see the imports
+
+            settings = replace(settings, argv_for=wraprun.wrap_argv(wrapped))
+            after_success = functools.partial(wraprun.run_wrapped_command, wrapped, say)
         request = RunRequest(
             first=first,
             log_dir=log_dir,
@@ -276,8 +283,8 @@ def run_supervised(
             NotifyObserver(Notifier()),
             HookObserver(cfg["on_success"], cfg["on_failure"], say),
         ]
-        if renderer is not None:
-            observers.append(CiObserver(renderer, say, request.policy.max_attempts))
+        if ci is not None and renderer is not None:
+            observers.append(ci.CiObserver(renderer, say, request.policy.max_attempts))
         outcome = Supervisor(
             request,
             nix,
@@ -297,9 +304,31 @@ def run_supervised(
         ),
         current=outcome.run_id,
     )
-    write_reports(outcome, json_path, junit_path, say)
+    if ci is not None:
+        ci.write_reports(outcome, json_path, junit_path, say)
     _print_result(outcome, request)
     return int(outcome.exit_code)
+
+
+def _ci_module(cfg: config_mod.Config) -> ModuleType | None:
+    """The CI module when this run needs it: in CI (or --ci-format) or for a report file."""
+    in_ci = cidetect.detect_ci(os.environ, cfg["ci_format"]) is not cidetect.Flavor.TERMINAL
+    if not in_ci and cfg["json"] is None and cfg["junit"] is None:
+        return None
+    from . import ci  # noqa: PLC0415 - see the imports
+
+    return ci
+
+
+def _mode_and_gcroot(
+    cfg: config_mod.Config, wrapped: WrappedCommand | None, state_dir: Path, target: str
+) -> tuple[Mode, Path | None]:
+    if wrapped is None:
+        mode = Mode(cfg["mode"])
+        return mode, _gcroot(cfg, mode, state_dir, target)
+    from . import wraprun  # noqa: PLC0415 - see the imports
+
+    return wraprun.wrap_mode(wrapped), wraprun.wrap_gcroot(wrapped)
 
 
 def _gcroot(cfg: config_mod.Config, mode: Mode, state_dir: Path, target: str) -> Path:
@@ -375,24 +404,3 @@ def _print_result(outcome: Outcome, request: RunRequest) -> None:
         if not develop:
             for path in outcome.outputs:
                 click.echo(path)
-
-
-def run_demo(opts: Mapping[str, Any]) -> int:
-    """Copy the embedded demo flake to a temporary directory and build it supervised."""
-    source = resources.files("nixbuild") / "demo"
-    workdir = Path(tempfile.mkdtemp(prefix="nixbuild-demo-"))
-    try:
-        for entry in source.iterdir():
-            if entry.name.endswith(".nix"):
-                (workdir / entry.name).write_text(entry.read_text())
-        (workdir / "nonce.txt").write_text(os.urandom(8).hex())
-        demo = dict(opts)
-        # Start high so the ladder shows even on a small machine; keep the pauses short.
-        demo.setdefault("cores", None)
-        demo["cores"] = demo["cores"] or 8
-        demo["fallback"] = demo.get("fallback") or f"path:{workdir}#demo-app-bin"
-        demo["oom_delay"] = 1
-        # --offline: the demo needs nothing from a binary cache and must not wait for one.
-        return run_supervised("build", f"path:{workdir}#default", ("--offline",), (), demo)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)

@@ -48,7 +48,7 @@ GOLDEN = TESTS / "golden" / "e2e"
 XSD = TESTS / "golden" / "junit-jenkins.xsd"
 FAILURES = TESTS / "fixtures" / "failures"
 
-# The variables each flavour is detected from (ciformat.detect_ci). Everything else a CI sets
+# The variables each flavour is detected from (cidetect.detect_ci). Everything else a CI sets
 # that nixbuild might read is removed: the prefixes below cover GitHub, GitLab and Buildkite.
 FLAVOURS: dict[str, dict[str, str]] = {
     "github": {"CI": "true", "GITHUB_ACTIONS": "true"},

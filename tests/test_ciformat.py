@@ -29,19 +29,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixbuild import ciformat, summaryview
+from nixbuild.cidetect import Flavor, detect_ci, parse_flavor
 from nixbuild.ciformat import (
     MAX_ANNOTATIONS,
     BuildkiteRenderer,
     CiRenderer,
-    Flavor,
     GithubRenderer,
     GitlabRenderer,
     PlainRenderer,
-    detect_ci,
     gh_command,
     gh_escape_data,
     gh_escape_property,
-    parse_flavor,
     publish_summary,
     renderer_for,
 )

@@ -307,6 +307,28 @@ def test_collect_facts_without_nix(tmp_path: Path) -> None:
     assert assess(facts, T, "auto").cannot_succeed
 
 
+@pytest.mark.parametrize(
+    ("nix_remote", "asked", "honoured"),
+    [("", False, True), ("daemon", True, False)],
+)
+def test_the_daemon_config_is_read_only_for_a_daemon(
+    tmp_path: Path, nix_remote: str, asked: bool, honoured: bool
+) -> None:
+    # A recorded runner: `nix show-config` costs a process start before every build, and
+    # its trusted-users only matter when a daemon applies the options.
+    calls: list[list[str]] = []
+
+    def recorded(argv: list[str]) -> process.Completed:
+        calls.append(argv)
+        out = "nix (Nix) 2.8.0\n" if "--version" in argv else "trusted-users = someone-else\n"
+        return process.Completed(tuple(argv), 0, out, "")
+
+    env = {"NIX_STORE_DIR": str(tmp_path), "NIX_STATE_DIR": str(tmp_path), "NIX_REMOTE": nix_remote}
+    facts = collect_facts(env, run=recorded)
+    assert any("show-config" in argv for argv in calls) is asked
+    assert facts.nix_options_honoured is honoured
+
+
 # --- nixbuild doctor ---------------------------------------------------------------------
 
 
