@@ -4,7 +4,8 @@ The classifier is incremental: the supervisor feeds it every line of an attempt 
 arrives, and asks for the verdict when nix has exited. It keeps bounded state only (the
 first few matching lines per rule and derivation, the first failing derivation), so memory
 stays flat over a ten-million-line log. Each line costs one substring prefilter; the
-rules' regular expressions run only on the rare lines that contain one of their keywords.
+rules' regular expressions run only on the rare lines that contain one of their keywords
+(classify_prefilter.py).
 
 How the verdict is reached (RULES, in classify_rules.py, holds the order):
 
@@ -27,6 +28,7 @@ import signal
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from .classify_prefilter import Prefilter
 from .classify_rules import FETCHER_NAME, RULES, Role, Rule
 from .model import Diagnosis, Evidence, ExitInfo, Kind, LogLine, Source
 from .textlog import pname
@@ -63,62 +65,19 @@ def drv_name(drv: str) -> str:
     return _STORE_NAME.sub("", base, count=1)
 
 
-@dataclass(frozen=True, slots=True)
-class _Index:
-    """Per source: one prefilter regex and, per keyword, the rules it unlocks."""
-
-    prefilter: re.Pattern[str]
-    by_keyword: tuple[tuple[str, tuple[int, ...]], ...]
-
-
-# Characters of build logs from common to rare (measured on the corpus and a generated
-# PyTorch build log); characters not listed count as rarest.
-_COMMONNESS = (
-    " a/ertcon-ipsu.1lh2d_3bTAfyPvERDOg=C>W:F+I7mMU045689xk'[]SN|BX~wzjH)(LG;%^\"q,*@{}K`#&"
-)
-
-
-def _rarity(char: str) -> int:
-    rank = _COMMONNESS.find(char)
-    return len(_COMMONNESS) if rank < 0 else rank
-
-
-def _prefilter_pattern(words: Iterable[str]) -> str:
-    """One regex that finds any of ``words``, anchored on each word's rarest character.
-
-    Python's regex engine skips, in C, every position whose character cannot start a match.
-    A plain alternation ``error:|Killed|…`` can start almost anywhere; here every branch
-    starts with its keyword's rarest character (``K`` for Killed, then lookbehind and
-    lookahead for the rest), so most positions of an ordinary line are skipped at once.
-    That doubles the throughput on long compiler command lines, the bulk of a build log."""
-    groups: dict[str, list[str]] = {}
-    for word in words:
-        at = max(range(len(word)), key=lambda i: (_rarity(word[i]), i))
-        before, char, after = word[:at], word[at], word[at + 1 :]
-        rest = (f"(?<={re.escape(before + char)})" if before else "") + (
-            f"(?={re.escape(after)})" if after else ""
-        )
-        groups.setdefault(char, []).append(rest)
-    branches = []
-    for char, rests in sorted(groups.items()):
-        tail = "" if "" in rests else "(?:" + "|".join(sorted(set(rests))) + ")"
-        branches.append(re.escape(char) + tail)
-    return "|".join(branches)
-
-
-def _build_index(source: Source) -> _Index:
+def _keywords(source: Source) -> dict[str, list[int]]:
     by_keyword: dict[str, list[int]] = {}
     for number, rule in enumerate(RULES):
         if source in rule.sources:
             for keyword in rule.keywords:
                 by_keyword.setdefault(keyword, []).append(number)
-    return _Index(
-        re.compile(_prefilter_pattern(by_keyword)),
-        tuple((w, tuple(ns)) for w, ns in by_keyword.items()),
-    )
+    return by_keyword
 
 
-_INDEX = {source: _build_index(source) for source in Source}
+_PREFILTER = {source: Prefilter.build(_keywords(source)) for source in Source}
+_SEARCH = {source: prefilter.pattern.search for source, prefilter in _PREFILTER.items()}
+# Enum members as module constants: `Source.NIX` is an attribute lookup of ≈100 ns on 3.11.
+_NIX, _BUILD = Source.NIX, Source.BUILD
 _RULE_NUMBER = {rule.id: number for number, rule in enumerate(RULES)}
 
 
@@ -149,10 +108,11 @@ class Classifier:
     def feed(self, line: LogLine) -> None:
         text = line.text
         source = line.source
-        drv = line.drv
-        if source is Source.NIX:
+        if source is _NIX:
             source, drv = self._nix_line(line)
-        if _INDEX[source].prefilter.search(text) is None:
+        else:
+            drv = line.drv
+        if _SEARCH[source](text) is None:
             return  # the common case, kept out of the generator below for speed
         key = drv_name(drv) if drv else None
         for number, match in _matches(text, source):
@@ -295,18 +255,17 @@ class Classifier:
 
 def _matches(text: str, source: Source) -> Iterator[tuple[int, re.Match[str]]]:
     """(rule number, match) for every rule that matches this line, in table order."""
-    index = _INDEX[source]
-    if index.prefilter.search(text) is None:
+    if _SEARCH[source](text) is None:
         return
     body = text
-    if source is Source.BUILD:
+    if source is _BUILD:
         prefix = _BODY_PREFIX.match(text)
         if prefix is not None:
             body = text[prefix.end() :]
-    elif source is Source.NIX:
+    elif source is _NIX:
         body = text.lstrip()
-    warning = source is Source.NIX and body.startswith("warning:")  # nix's warnings never decide
-    for number in sorted({n for word, ns in index.by_keyword if word in text for n in ns}):
+    warning = source is _NIX and body.startswith("warning:")  # nix's warnings never decide
+    for number in _PREFILTER[source].rule_numbers(text):
         if warning and RULES[number].role is Role.CAUSE:
             continue
         match = RULES[number].pattern.search(body)
