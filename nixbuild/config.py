@@ -150,7 +150,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("network_backoff_cap", parse_delay, 600.0, "widest network retry window"),
     Option("network_retries", _int_at_least(0), 4, "network retries per variant"),
     Option("settle_delay", parse_delay, 5.0, "pause before retrying a build or timeout failure"),
-    Option("oom_delay", parse_delay, 45.0, "pause before retrying after out-of-memory"),
+    Option(
+        "oom_delay",
+        parse_delay,
+        45.0,
+        "longest pause after out-of-memory (the retry starts once memory is back)",
+    ),
     Option("unknown_stops", _bool, True, "stop on an unrecognised failure (else treat as build)"),
     Option("watchdog", _bool, True, "stop the build before the kernel's OOM killer does"),
     Option(

@@ -4,7 +4,9 @@
 its spec and the policy settings go in; a ``Decision`` (retry | degrade | gc_then_retry |
 fallback | give_up, with a delay) comes out. Randomness (backoff jitter) comes from the
 ``rng`` argument, so tests are deterministic and never sleep; the supervisor does the
-waiting, the garbage collection and the memory-recovery check.
+waiting, the garbage collection and the memory-recovery check. After an out-of-memory failure
+the wait is measured rather than guessed: ``memory_wait`` says how (poll available memory until
+it is back, at least ``OOM_MIN_WAIT_S``, at most ``oom_delay_s``), the supervisor polls.
 
 Counting is per variant: the prebuilt fallback gets its own network, timeout and build
 allowances, and a failure of the fallback never falls back again. ``max_attempts`` bounds
@@ -41,6 +43,18 @@ _BUILD_LIKE = frozenset({Kind.BUILD, Kind.UNKNOWN})
 # The seed advice for PyTorch-sized source builds: at least 20 GB free for store and build dir.
 SEED_FREE_SPACE_GB = 20
 
+# After an out-of-memory failure the next attempt waits until available memory is back to
+# MEMORY_TARGET_FRACTION of what it was before the failed attempt, read every MEMORY_POLL_S
+# and at or above the target at MEMORY_STABLE_READINGS readings in a row (so a reading taken
+# while a dying compiler is still releasing memory, or a brief spike, does not decide). By the
+# time nix has exited its builders are gone and the kernel has freed their memory, so on a
+# healthy machine this takes OOM_MIN_WAIT_S; `oom_delay` bounds it when memory stays short
+# (another process holds it): the attempt then starts anyway, at its lower parallelism.
+OOM_MIN_WAIT_S = 1.0
+MEMORY_POLL_S = 1.0
+MEMORY_TARGET_FRACTION = 0.9
+MEMORY_STABLE_READINGS = 2
+
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
@@ -50,7 +64,9 @@ class PolicyConfig:
     network_cap_s: float = 600.0  # no backoff window is wider than this
     network_retries: int = 4  # per variant
     max_oom_failures: int = 3  # OOMs of the source variant before using the fallback
-    oom_delay_s: float = 45.0  # pause before a degraded retry (memory settles, swap drains)
+    # Longest pause after out-of-memory (memory settles, swap drains): the next attempt starts
+    # as soon as available memory is back (``memory_wait``); 0 starts it at once.
+    oom_delay_s: float = 45.0
     settle_delay_s: float = 5.0  # pause before a build/timeout retry
     gc_allowed: bool = False
     fallback: str | None = None  # the prebuilt installable, already checked to exist
@@ -98,6 +114,33 @@ class SeededFullJitter(tenacity.wait_random_exponential):
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         high = tenacity.wait_exponential.__call__(self, retry_state)
         return self._rng.uniform(self.min, high)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryWait:
+    """How to wait before the attempt after an out-of-memory failure (the supervisor polls).
+
+    Start once available memory is at least ``fraction`` of the reading taken before the
+    failed attempt at ``readings`` consecutive polls ``poll_s`` apart, and ``min_s`` has
+    passed; start anyway after ``max_s``. Without a reading, pause ``max_s``.
+    """
+
+    min_s: float
+    max_s: float
+    poll_s: float = MEMORY_POLL_S
+    fraction: float = MEMORY_TARGET_FRACTION
+    readings: int = MEMORY_STABLE_READINGS
+
+
+def memory_wait(kind: Kind, decision: Decision) -> MemoryWait | None:
+    """The measured wait before the next attempt, when ``decision`` follows an out-of-memory
+    failure; None when the pause is a plain ``delay_s`` sleep (or there is no next attempt).
+
+    For such decisions ``delay_s`` is the longest pause (``oom_delay``), not the pause.
+    """
+    if kind is not Kind.OOM or decision.next is None or decision.delay_s <= 0:
+        return None
+    return MemoryWait(min_s=min(OOM_MIN_WAIT_S, decision.delay_s), max_s=decision.delay_s)
 
 
 def backoff_window(retry_number: int, cfg: PolicyConfig) -> float:
@@ -222,7 +265,9 @@ def _oom(failures: _Failures, current: AttemptSpec, cfg: PolicyConfig) -> Decisi
     fallback = _fallback_spec(current, cfg)
     if fallback is not None and (lower is None or ooms >= cfg.max_oom_failures):
         why = "at cores 1, max-jobs 1" if lower is None else f"{ooms} times"
-        return Decision(FALLBACK, 0.0, fallback, f"out of memory {why}: use the prebuilt variant")
+        # Waits for memory too: the prebuilt variant may still unpack or link something big.
+        reason = f"out of memory {why}: use the prebuilt variant"
+        return Decision(FALLBACK, cfg.oom_delay_s, fallback, reason)
     # Without a fallback the ladder continues to the floor: a slow build beats no build.
     if lower is None:
         return _give_up("out of memory even at cores 1, max-jobs 1")
@@ -293,7 +338,9 @@ def exit_code_for(history: Sequence[AttemptRecord], succeeded: bool) -> ExitCode
 def decision_line(record: AttemptRecord, total: int) -> str:
     """The one line per attempt for the console and the structured log.
 
-    ``attempt 2/6 failed: oom (rule oom.cc1plus-killed) → retry with cores 8→4, max-jobs 1 in 45 s``
+    ``attempt 2/6 failed: network (rule network.curl-error) → retry with the same options in 12 s``
+    ``attempt 3/6 failed: oom (rule oom.cc1plus-killed) → retry with cores 8→4, max-jobs 1 once
+    memory is back (at most 45 s)``
     """
     head = f"attempt {record.number}/{total}"
     spec = record.spec
@@ -304,14 +351,17 @@ def decision_line(record: AttemptRecord, total: int) -> str:
     failed = f"{head} failed: {record.diagnosis.kind} (rule {record.diagnosis.rule})"
     if record.decision is None:
         return failed
-    return f"{failed} → {_describe(record.decision, spec)}"
+    return f"{failed} → {_describe(record.decision, spec, record.diagnosis.kind)}"
 
 
-def _describe(decision: Decision, before: AttemptSpec) -> str:
+def _describe(decision: Decision, before: AttemptSpec, kind: Kind) -> str:
     nxt = decision.next
     if decision.action == GIVE_UP or nxt is None:
         return f"give up: {decision.reason}" if decision.reason else "give up"
-    when = f" in {format_delay(decision.delay_s)}" if decision.delay_s > 0 else ""
+    if memory_wait(kind, decision) is not None:
+        when = f" once memory is back (at most {format_delay(decision.delay_s)})"
+    else:
+        when = f" in {format_delay(decision.delay_s)}" if decision.delay_s > 0 else ""
     if decision.action == FALLBACK or nxt.installable != before.installable:
         return f"fall back to {nxt.installable}{when}"
     options = _options(before, nxt)

@@ -66,28 +66,60 @@ def collect_garbage(nix: NixInfo, store: Path, timeout_s: float = 3600.0) -> GcR
     return GcResult(True, f"garbage collection done{freed}")
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryRecovery:
+    """How a wait for memory ended: ``recovered`` is None when memory could not be read."""
+
+    recovered: bool | None
+    waited_s: float
+    available: int | None  # the last reading, bytes
+
+
 def wait_for_memory(
-    target_bytes: int,
+    target_bytes: int | None,
     *,
     read_available: Callable[[], int],
     sleep: Callable[[float], None],
     clock: Callable[[], float],
-    max_wait_s: float = 300.0,
-    poll_s: float = 5.0,
+    max_wait_s: float,
+    min_wait_s: float = 1.0,
+    poll_s: float = 1.0,
+    readings: int = 2,
     interrupted: Callable[[], bool] = lambda: False,
-) -> bool:
-    """Wait until available memory is back to ``target_bytes`` (or give up after max_wait).
+) -> MemoryRecovery:
+    """Wait until available memory is back to ``target_bytes``, measured, not guessed.
 
-    After an out-of-memory failure the page cache, swap and zombie compilers take a while
-    to clear; restarting at once could fail the next attempt for the wrong reason.
+    After an out-of-memory failure the page cache, swap and dying compilers take a moment to
+    clear; restarting at once could fail the next attempt for the wrong reason, and a fixed
+    pause wastes time when memory is back in a second. So: read available memory every
+    ``poll_s`` and return once ``readings`` readings in a row are at or above the target and
+    at least ``min_wait_s`` has passed; after ``max_wait_s`` return anyway (not recovered).
+    Without a target (no reading before the attempt) or when memory cannot be read, the
+    wait is the fixed ``max_wait_s`` pause. Stops early when ``interrupted()``.
     """
-    deadline = clock() + max_wait_s
+    start = clock()
+    min_wait_s = min(min_wait_s, max_wait_s)
+    target = target_bytes
+    streak = 0
+    last: int | None = None
     while True:
-        try:
-            if read_available() >= target_bytes:
-                return True
-        except OSError:
-            return True  # cannot tell: do not hold the build hostage
-        if clock() >= deadline or interrupted():
-            return False
-        sleep(poll_s)
+        if target is not None:
+            try:
+                last = read_available()
+            except OSError:
+                target = None  # cannot tell: fall back to the fixed pause
+            else:
+                streak = streak + 1 if last >= target else 0
+        waited = clock() - start
+        if target is not None and streak >= readings and waited >= min_wait_s:
+            return MemoryRecovery(True, waited, last)
+        if waited >= max_wait_s or interrupted():
+            return MemoryRecovery(None if target is None else False, waited, last)
+        left = max_wait_s - waited
+        if target is None:
+            step = left
+        elif streak >= readings:
+            step = min_wait_s - waited
+        else:
+            step = poll_s
+        sleep(max(0.0, min(step, left)))

@@ -217,25 +217,47 @@ class Supervisor:
         """Do what the decision needs before the next attempt: wait, collect, settle."""
         if decision.action == policy.GIVE_UP or decision.next is None:
             return None
-        if decision.delay_s > 0:
+        memory = policy.memory_wait(kind, decision)
+        if memory is not None:
+            self._wait_for_memory(memory, baseline, files)
+        elif decision.delay_s > 0:
             self.sleep(decision.delay_s)
         if decision.action == policy.GC_THEN_RETRY:
             self._warn(f"nixbuild: collecting garbage in {recovery.store_dir()}")
             result = recovery.collect_garbage(self.nix, recovery.store_dir())
             self._warn(f"nixbuild: {result.message}")
             files.event("garbage_collected", ok=result.ok, message=result.message)
-        if kind is Kind.OOM and baseline is not None:
-            target = int(baseline * 0.9)
-            recovered = recovery.wait_for_memory(
-                target,
-                read_available=self.read_available,
-                sleep=self.sleep,
-                clock=self.clock,
-                interrupted=lambda: self.interrupted_by is not None,
-            )
-            if not recovered:
-                self._warn("nixbuild: memory has not fully recovered; starting anyway")
         return None if self.interrupted_by is not None else decision.next
+
+    def _wait_for_memory(
+        self, wait: policy.MemoryWait, baseline: int | None, files: RunFiles
+    ) -> None:
+        """After out-of-memory: poll until available memory is back (``baseline`` is the
+        reading before the failed attempt), at most ``wait.max_s``."""
+        target = None if baseline is None else int(baseline * wait.fraction)
+        result = recovery.wait_for_memory(
+            target,
+            read_available=self.read_available,
+            sleep=self.sleep,
+            clock=self.clock,
+            max_wait_s=wait.max_s,
+            min_wait_s=wait.min_s,
+            poll_s=wait.poll_s,
+            readings=wait.readings,
+            interrupted=lambda: self.interrupted_by is not None,
+        )
+        files.event(
+            "memory_wait",
+            waited_s=round(result.waited_s, 3),
+            recovered=result.recovered,
+            available=result.available,
+            target=target,
+        )
+        if result.recovered is False and self.interrupted_by is None:
+            self._warn(
+                f"nixbuild: memory has not recovered after {policy.format_delay(wait.max_s)} "
+                "(oom_delay); starting anyway"
+            )
 
     def _say_attempt(self, text: str) -> None:
         if self.attempt_lines:

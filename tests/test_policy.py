@@ -18,7 +18,9 @@ from nixbuild.policy import (
     FALLBACK,
     GC_THEN_RETRY,
     GIVE_UP,
+    OOM_MIN_WAIT_S,
     RETRY,
+    MemoryWait,
     PolicyConfig,
     SeededFullJitter,
     backoff_delay,
@@ -28,6 +30,7 @@ from nixbuild.policy import (
     exit_code_for,
     format_delay,
     interruption,
+    memory_wait,
 )
 
 SOURCE = AttemptSpec("nixpkgs#python312Packages.torch", 8, 1)
@@ -179,9 +182,37 @@ def test_oom_walks_down_the_ladder_then_falls_back() -> None:
     decisions = run([Kind.OOM] * 3, WITH_BIN)
     assert actions(decisions) == [DEGRADE, DEGRADE, FALLBACK]
     assert parallelism(decisions) == [(4, 1), (2, 1), (2, 1)]
-    assert decisions[0].delay_s == 45
+    # After out-of-memory delay_s is the longest pause (oom_delay), the fallback's included.
+    assert [d.delay_s for d in decisions] == [45, 45, 45]
     fallback = decisions[-1].next
     assert fallback == AttemptSpec(BIN, 2, 1, Variant.BIN)
+
+
+def test_after_out_of_memory_the_wait_is_measured_up_to_oom_delay() -> None:
+    degrade, fallback = run([Kind.OOM, Kind.OOM], PolicyConfig(fallback=BIN, max_oom_failures=2))
+    expected = MemoryWait(min_s=OOM_MIN_WAIT_S, max_s=45.0)
+    assert memory_wait(Kind.OOM, degrade) == expected
+    assert memory_wait(Kind.OOM, fallback) == expected
+    assert expected.readings == 2 and expected.poll_s == 1.0 and expected.fraction == 0.9
+
+
+def test_other_waits_are_plain_pauses() -> None:
+    network = run([Kind.NETWORK], NO_BIN)[0]
+    build = run([Kind.BUILD], NO_BIN)[0]
+    gave_up = run([Kind.OOM] * 4, NO_BIN)[-1]
+    assert memory_wait(Kind.NETWORK, network) is None
+    assert memory_wait(Kind.BUILD, build) is None
+    assert memory_wait(Kind.OOM, gave_up) is None
+
+
+def test_oom_delay_zero_starts_the_next_attempt_at_once() -> None:
+    (degrade,) = run([Kind.OOM], PolicyConfig(oom_delay_s=0))
+    assert degrade.delay_s == 0 and memory_wait(Kind.OOM, degrade) is None
+
+
+def test_a_short_oom_delay_caps_the_minimum() -> None:
+    (degrade,) = run([Kind.OOM], PolicyConfig(oom_delay_s=0.5))
+    assert memory_wait(Kind.OOM, degrade) == MemoryWait(min_s=0.5, max_s=0.5)
 
 
 def test_oom_without_fallback_continues_to_the_floor_then_gives_up() -> None:
@@ -369,7 +400,7 @@ def test_decision_line_for_a_degrade() -> None:
     assert (
         line(Kind.OOM, "oom.cc1plus-killed", decision)
         == "attempt 2/6 failed: oom (rule oom.cc1plus-killed) "
-        "→ retry with cores 8→4, max-jobs 1 in 45 s"
+        "→ retry with cores 8→4, max-jobs 1 once memory is back (at most 45 s)"
     )
 
 
@@ -377,7 +408,7 @@ def test_decision_line_for_a_max_jobs_step() -> None:
     start = AttemptSpec(".#x", 4, 3)
     decision = Decision(DEGRADE, 45.0, AttemptSpec(".#x", 4, 1), "oom")
     assert line(Kind.OOM, "oom.exit-137", decision, start).endswith(
-        "→ retry with cores 4, max-jobs 3→1 in 45 s"
+        "→ retry with cores 4, max-jobs 3→1 once memory is back (at most 45 s)"
     )
 
 
@@ -405,6 +436,14 @@ def test_decision_line_for_a_fallback() -> None:
         == "attempt 2/6 failed: oom (rule oom.cc1plus-killed) "
         "→ fall back to nixpkgs#python312Packages.torch-bin"
     )
+    after_oom = Decision(FALLBACK, 45.0, AttemptSpec(BIN, 2, 1, Variant.BIN), "oom")
+    assert line(Kind.OOM, "oom.cc1plus-killed", after_oom).endswith(
+        "→ fall back to nixpkgs#python312Packages.torch-bin once memory is back (at most 45 s)"
+    )
+    after_build = Decision(FALLBACK, 5.0, AttemptSpec(BIN, 2, 1, Variant.BIN), "build")
+    assert line(Kind.BUILD, "build.builder-failed", after_build).endswith(
+        "→ fall back to nixpkgs#python312Packages.torch-bin in 5 s"
+    )
 
 
 def test_decision_line_for_giving_up() -> None:
@@ -431,7 +470,9 @@ def test_decision_line_for_successes_and_undecided_failures() -> None:
 def test_decision_lines_from_real_decisions() -> None:
     rng = random.Random(7)
     d = decide(diag(Kind.OOM, "oom.cc1plus-killed"), [], SOURCE, WITH_BIN, rng)
-    assert line(Kind.OOM, "oom.cc1plus-killed", d).endswith("cores 8→4, max-jobs 1 in 45 s")
+    assert line(Kind.OOM, "oom.cc1plus-killed", d).endswith(
+        "cores 8→4, max-jobs 1 once memory is back (at most 45 s)"
+    )
 
 
 @pytest.mark.parametrize(

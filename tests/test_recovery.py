@@ -38,31 +38,92 @@ class FakeTime:
         self.now += seconds
 
 
-def test_wait_for_memory_returns_once_recovered() -> None:
+def wait(
+    readings: list[int] | None, target: int | None = 8 * GiB, **kw: float
+) -> tuple[recovery.MemoryRecovery, FakeTime, int]:
+    """Run a wait with fake time; ``readings`` are the successive available-memory values
+    (the last one repeats); None: memory cannot be read. Returns the result, the time and
+    how many readings were taken."""
     t = FakeTime()
-    readings = iter([1 * GiB, 2 * GiB, 9 * GiB])
-    ok = recovery.wait_for_memory(
-        8 * GiB, read_available=lambda: next(readings), sleep=t.sleep, clock=t.clock, poll_s=5
+    taken = 0
+
+    def read() -> int:
+        nonlocal taken
+        if readings is None:
+            raise OSError("no /proc")
+        value = readings[min(taken, len(readings) - 1)]
+        taken += 1
+        return value
+
+    args = {"max_wait_s": 45.0, "min_wait_s": 1.0, "poll_s": 1.0, **kw}
+    result = recovery.wait_for_memory(
+        target,
+        read_available=read,
+        sleep=t.sleep,
+        clock=t.clock,
+        max_wait_s=args["max_wait_s"],
+        min_wait_s=args["min_wait_s"],
+        poll_s=args["poll_s"],
     )
-    assert ok and t.now == 10
+    return result, t, taken
 
 
-def test_wait_for_memory_gives_up_after_max_wait_or_on_interrupt() -> None:
+def test_memory_already_back_costs_only_the_minimum() -> None:
+    # Two readings at or above the target, one poll apart: the minimum, not oom_delay.
+    result, t, taken = wait([9 * GiB])
+    assert result == recovery.MemoryRecovery(True, 1.0, 9 * GiB)
+    assert t.now == 1.0 and taken == 2
+
+
+def test_wait_for_memory_returns_once_recovered_and_stable() -> None:
+    result, t, taken = wait([1 * GiB, 2 * GiB, 9 * GiB, 9 * GiB])
+    assert result.recovered is True and t.now == 3.0 and taken == 4
+
+
+def test_a_single_good_reading_is_not_enough() -> None:
+    # Back above the target once, then down again (a spike): the streak starts over.
+    result, t, _ = wait([1 * GiB, 9 * GiB, 2 * GiB, 9 * GiB, 9 * GiB])
+    assert result.recovered is True and t.now == 4.0
+
+
+def test_the_minimum_wait_holds_even_when_memory_is_back() -> None:
+    result, t, _ = wait([9 * GiB], min_wait_s=3.0)
+    assert result.recovered is True and t.now == 3.0
+
+
+def test_wait_for_memory_gives_up_at_the_longest_pause() -> None:
+    result, t, taken = wait([GiB], max_wait_s=60.0, poll_s=5.0)
+    assert result == recovery.MemoryRecovery(False, 60.0, GiB)
+    assert t.now == 60.0 and taken == 13  # at 0, 5, …, 60 s
+
+
+def test_the_last_poll_is_cut_at_the_longest_pause() -> None:
+    result, t, _ = wait([GiB], max_wait_s=2.5)
+    assert result.recovered is False and t.now == 2.5
+
+
+def test_wait_for_memory_stops_when_interrupted() -> None:
     t = FakeTime()
-    ok = recovery.wait_for_memory(
-        8 * GiB, read_available=lambda: GiB, sleep=t.sleep, clock=t.clock, max_wait_s=60, poll_s=5
+    result = recovery.wait_for_memory(
+        8 * GiB,
+        read_available=lambda: GiB,
+        sleep=t.sleep,
+        clock=t.clock,
+        max_wait_s=45.0,
+        interrupted=lambda: True,
     )
-    assert not ok and t.now == 60
-    t = FakeTime()
-    ok = recovery.wait_for_memory(
-        8 * GiB, read_available=lambda: GiB, sleep=t.sleep, clock=t.clock, interrupted=lambda: True
-    )
-    assert not ok and t.now == 0
+    assert result.recovered is False and t.now == 0
 
 
-def test_unreadable_memory_does_not_hold_the_build() -> None:
-    def unreadable() -> int:
-        raise OSError("no /proc")
+def test_without_a_reading_the_wait_is_the_fixed_pause() -> None:
+    # No reading before the attempt, or /proc unreadable now: fall back to the guess.
+    result, t, taken = wait([9 * GiB], target=None)
+    assert result == recovery.MemoryRecovery(None, 45.0, None)
+    assert t.now == 45.0 and taken == 0
+    result, t, _ = wait(None)
+    assert result.recovered is None and t.now == 45.0
 
-    t = FakeTime()
-    assert recovery.wait_for_memory(GiB, read_available=unreadable, sleep=t.sleep, clock=t.clock)
+
+def test_no_longest_pause_means_no_wait() -> None:
+    result, t, _ = wait([GiB], max_wait_s=0.0)
+    assert result.recovered is False and t.now == 0
