@@ -70,10 +70,10 @@ class AttemptSettings:
 class LineFanout:
     """Receives nix's raw lines and fans them out, in order, on a worker thread of its own.
 
-    sh's reader threads only queue each line, so nix's pipe is drained as fast as it fills
-    and a chatty builder is not held up by parsing and classification. A sustained flood
-    beyond ``backlog`` queued lines makes the readers wait for the worker to catch up, which
-    bounds memory (about 200 bytes a line).
+    The pipe readers (process.py) only queue each batch of lines, so nix's pipe is drained
+    as fast as it fills and a chatty builder is not held up by parsing and classification.
+    A sustained flood beyond ``backlog`` queued lines makes the readers wait for the worker
+    to catch up, which bounds memory (about 200 bytes a line).
     """
 
     def __init__(
@@ -91,16 +91,20 @@ class LineFanout:
         self.lines = 0
         self.last_activity = clock()
         self.backlog = backlog
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._queued = 0  # lines queued and not yet processed
+        self._count_lock = threading.Lock()  # two pipe readers and the worker update it
         self._worker = threading.Thread(target=self._drain, name="log-fanout", daemon=True)
         self._worker.start()
 
-    def feed(self, raw: str) -> None:
-        """Called on sh's reader threads: hand the line over, and wait only in a flood."""
+    def feed(self, lines: list[str]) -> None:
+        """Called on the pipe readers' threads: hand the lines over; wait only in a flood."""
         self.last_activity = self.clock()
-        self._queue.put(raw)
-        if self._queue.qsize() > self.backlog:
-            while self._queue.qsize() > self.backlog // 2 and self._worker.is_alive():
+        with self._count_lock:
+            self._queued += len(lines)
+        self._queue.put(lines)
+        if self._queued > self.backlog:
+            while self._queued > self.backlog // 2 and self._worker.is_alive():
                 time.sleep(0.005)
 
     def close(self) -> None:
@@ -109,11 +113,14 @@ class LineFanout:
         self._worker.join()
 
     def _drain(self) -> None:
-        while (raw := self._queue.get()) is not None:
-            self._process(raw)
+        while (batch := self._queue.get()) is not None:
+            now = self.clock()
+            for raw in batch:
+                self._process(raw, now)
+            with self._count_lock:
+                self._queued -= len(batch)
 
-    def _process(self, raw: str) -> None:
-        now = self.clock()
+    def _process(self, raw: str, now: float) -> None:
         for produced in self.state.apply(parse_line(raw)):
             self.lines += 1
             line = LogLine(self.lines, redact_line(produced.text), produced.source, produced.drv)
@@ -171,7 +178,7 @@ class Attempt:
         try:
             proc = Supervised(argv, on_stdout=fanout.feed, on_stderr=fanout.feed, env=cfg.env)
         except OSError as exc:
-            fanout.feed(f"nixbuild: could not start nix: {exc}")
+            fanout.feed([f"nixbuild: could not start nix: {exc}"])
             status: int | None = 127
             sig: int | None = None
         else:

@@ -154,7 +154,9 @@ def logs(job: str, lines: int, follow: bool, log_dir: str | None) -> int:
 
 def _follow(argv: list[str]) -> int:
     child = process.Supervised(
-        argv, on_stdout=click.echo, on_stderr=lambda line: click.echo(line, err=True)
+        argv,
+        on_stdout=process.each_line(click.echo),
+        on_stderr=process.each_line(lambda line: click.echo(line, err=True)),
     )
     try:
         status, _sig = child.wait()

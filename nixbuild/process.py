@@ -12,8 +12,10 @@ Two shapes:
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import threading
@@ -27,6 +29,17 @@ import sh
 from .errors import NixbuildError
 
 LineCallback = Callable[[str], None]
+LinesCallback = Callable[[list[str]], None]
+
+# The pipes a supervised child writes to: one read per wake-up of up to this much, a pipe
+# big enough to hold a flood's output while the reader pauses between small reads.
+_READ_SIZE = 1 << 20
+_PIPE_SIZE = 1 << 20
+_SMALL_READ = 16 * 1024
+_BATCH_PAUSE_S = 0.002
+# After the child exits, how long its output may still arrive (a grandchild holding the
+# pipe open must not hang us; sh waits the same 2 s).
+_DRAIN_GRACE_S = 2.0
 
 _PR_SET_PDEATHSIG = 1
 
@@ -142,27 +155,46 @@ class Supervised:
         self,
         argv: Sequence[str],
         *,
-        on_stdout: LineCallback,
-        on_stderr: LineCallback,
+        on_stdout: LinesCallback,
+        on_stderr: LinesCallback,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
     ) -> None:
         self.argv = tuple(argv)
         cmd = _command(argv)
         kwargs = _common_kwargs(env, cwd)
-        # ``_in=""``: the child's stdin is at end of file. Without it sh gives a child with
-        # output callbacks a stdin fed from a queue that its input thread polls every
-        # 0.1 s, so every attempt ended 0.1 s late; a build never reads stdin anyway.
-        kwargs.update(
-            _bg=True,
-            _bg_exc=False,
-            _in="",
-            _out=_line_sink(on_stdout),
-            _err=_line_sink(on_stderr),
-        )
-        self._running = cmd(*argv[1:], **kwargs)
+        # sh starts the child, but its output goes to pipes of our own: sh's readers hand
+        # output over line by line (several µs of Python per line, on the thread that must
+        # keep nix's pipe drained) and can only batch in fixed-size blocks that would hold
+        # a slow build's lines back. ``_in=""``: stdin is at end of file (a build never
+        # reads it; sh's default stdin queue is polled every 0.1 s and delayed every exit).
+        out_read, out_write = _pipe()
+        err_read, err_write = _pipe()
+        try:
+            kwargs.update(_bg=True, _bg_exc=False, _in="", _out=out_write, _err=err_write)
+            self._running = cmd(*argv[1:], **kwargs)
+        except BaseException:
+            for fd in (out_read, err_read):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (out_write, err_write):
+                os.close(fd)  # the child has its copies: EOF comes when it (and its own) exit
         self.pid: int = self._running.pid
         self._stopping = threading.Lock()
+        self._drained = threading.Event()
+        self._errors: list[BaseException] = []
+        self._pumps = [
+            threading.Thread(
+                target=_pump,
+                args=(fd, deliver, self._drained, self._errors),
+                name=f"pump-{name}",
+                daemon=True,
+            )
+            for fd, deliver, name in ((out_read, on_stdout, "out"), (err_read, on_stderr, "err"))
+        ]
+        for pump in self._pumps:
+            pump.start()
         # sh's ``wait(timeout=…)`` polls every 0.1 s, so each watchdog tick and the end of
         # every build paid up to 0.1 s; one thread blocks in sh's untimed wait (which also
         # waits for the output threads, so every line was delivered) and sets an event.
@@ -175,12 +207,21 @@ class Supervised:
         except sh.ErrorReturnCode:
             pass  # a signal death; the exit code is read from the process below
         finally:
+            deadline = time.monotonic() + _DRAIN_GRACE_S
+            for pump in self._pumps:
+                pump.join(max(0.0, deadline - time.monotonic()))
+            self._drained.set()  # a pump still blocked on a pipe held open delivers no more
             self._exited.set()
 
     def wait(self, timeout: float | None = None) -> tuple[int | None, int | None]:
-        """Wait for the child; return (exit status, terminating signal). (None, None) on timeout."""
+        """Wait for the child; return (exit status, terminating signal). (None, None) on timeout.
+
+        An exception raised by an output callback is raised here, once the child has exited.
+        """
         if not self._exited.wait(timeout):
             return None, None
+        if self._errors:
+            raise self._errors[0]
         code = self._running.exit_code
         if code is not None and code < 0:
             return None, -code
@@ -202,12 +243,70 @@ class Supervised:
             self.wait(timeout=5)
 
 
-def _line_sink(callback: LineCallback) -> Callable[[str], None]:
-    def sink(chunk: str) -> None:
-        # sh delivers line-buffered chunks; strip only the line terminator.
-        callback(chunk.rstrip("\r\n") if chunk.endswith("\n") else chunk)
+def each_line(callback: LineCallback) -> LinesCallback:
+    """A batch callback for ``Supervised`` that hands each line to ``callback``."""
 
-    return sink
+    def deliver(lines: list[str]) -> None:
+        for line in lines:
+            callback(line)
+
+    return deliver
+
+
+def _pipe() -> tuple[int, int]:
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError, AttributeError):  # F_SETPIPE_SZ: Linux, ≤ pipe-max-size
+        fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    return read_fd, write_fd
+
+
+def _hand_over(deliver: LinesCallback, lines: list[str], errors: list[BaseException]) -> None:
+    # A consumer that raised gets nothing more, but the pipe is still drained: a pump that
+    # stopped reading would leave nix blocked on a full pipe for ever.
+    if errors:
+        return
+    try:
+        deliver(lines)
+    except Exception as exc:  # re-raised by Supervised.wait
+        errors.append(exc)
+
+
+def _pump(
+    fd: int, deliver: LinesCallback, stop: threading.Event, errors: list[BaseException]
+) -> None:
+    """Read a child's pipe until end of file, handing over whole lines in batches.
+
+    A builder that prints as fast as it can writes one line per write; reading each as it
+    comes would wake this thread for every line. After a small read the pump pauses for
+    2 ms so the next read takes what arrived meanwhile (the 1 MiB pipe holds far more
+    than 2 ms of any builder's output): a few hundred wake-ups a second at most, never a
+    blocked writer. Undecodable bytes become U+FFFD; a final line without a newline is
+    delivered at the end.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending = ""
+    try:
+        while not stop.is_set():
+            chunk = os.read(fd, _READ_SIZE)
+            if not chunk:
+                break
+            lines = (pending + decoder.decode(chunk)).split("\n")
+            pending = lines.pop()
+            if lines:
+                _hand_over(
+                    deliver,
+                    [line.rstrip("\r") for line in lines] if b"\r" in chunk else lines,
+                    errors,
+                )
+            if len(chunk) < _SMALL_READ:
+                time.sleep(_BATCH_PAUSE_S)
+        pending += decoder.decode(b"", final=True)
+        if pending and not stop.is_set():
+            _hand_over(deliver, [pending.rstrip("\r")], errors)
+    except OSError:
+        pass  # the pipe went away: nothing more to read
+    finally:
+        os.close(fd)
 
 
 def _signal_group(pgid: int, sig: int) -> None:

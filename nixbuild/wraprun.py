@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import ExitCode
 from .model import AttemptSpec, Mode
-from .process import CommandNotFound, Supervised
+from .process import CommandNotFound, Supervised, each_line
 from .wrapcmd import WrapMode, WrappedCommand
 
 
@@ -61,7 +61,7 @@ def run_wrapped_command(
             sys.stderr.flush()
 
     try:
-        proc = Supervised(wrapped.original, on_stdout=out, on_stderr=err)
+        proc = Supervised(wrapped.original, on_stdout=each_line(out), on_stderr=each_line(err))
     except (CommandNotFound, OSError) as exc:
         say(f"nixbuild: could not run the command: {exc}")
         return int(ExitCode.FAILED)

@@ -27,13 +27,15 @@ def build_line(act_id: int, text: str) -> str:
 def test_every_line_is_processed_in_order_per_stream(tmp_path: Path) -> None:
     fan, files = fanout(tmp_path, backlog=100)  # small: the readers must wait for the worker
     fan.feed(
-        '@nix {"action":"start","id":1,"level":3,"type":105,"text":"building",'
-        '"fields":["/nix/store/aaaa-demo-1.0.drv"]}'
+        [
+            '@nix {"action":"start","id":1,"level":3,"type":105,"text":"building",'
+            '"fields":["/nix/store/aaaa-demo-1.0.drv"]}'
+        ]
     )
 
     def reader(stream: str) -> None:
-        for i in range(3000):
-            fan.feed(build_line(1, f"{stream} {i}"))
+        for i in range(0, 3000, 7):  # batches of up to 7 lines, as the pipe readers hand over
+            fan.feed([build_line(1, f"{stream} {j}") for j in range(i, min(i + 7, 3000))])
 
     threads = [threading.Thread(target=reader, args=(s,)) for s in ("out", "err")]
     for t in threads:

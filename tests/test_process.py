@@ -68,15 +68,15 @@ def test_a_supervised_child_reads_end_of_file_and_its_lines_arrive() -> None:
     err: list[str] = []
     child = Supervised(
         ["bash", "-c", "if read -r x; then echo got; else echo eof; fi; echo oops >&2; exit 4"],
-        on_stdout=out.append,
-        on_stderr=err.append,
+        on_stdout=out.extend,
+        on_stderr=err.extend,
     )
     assert child.wait(timeout=30) == (4, None)
     assert (out, err) == (["eof"], ["oops"])
 
 
 def test_supervised_wait_times_out_then_stop_ends_the_group() -> None:
-    child = Supervised(["sleep", "60"], on_stdout=print, on_stderr=print)
+    child = Supervised(["sleep", "60"], on_stdout=print, on_stderr=print)  # no output
     assert child.wait(timeout=0.2) == (None, None)
     child.stop(grace_s=5)
     assert child.wait(timeout=5) == (None, 15)
