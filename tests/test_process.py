@@ -81,3 +81,53 @@ def test_supervised_wait_times_out_then_stop_ends_the_group() -> None:
     child.stop(grace_s=5)
     assert child.wait(timeout=5) == (None, 15)
     assert not child.alive()
+
+
+def test_lines_survive_split_writes_multibyte_text_and_carriage_returns() -> None:
+    # One "é" written as two separate bytes, a CRLF line, and a last line without newline.
+    script = r"printf 'a\303'; sleep 0.05; printf '\251b\r\nsecond\nno newline'"
+    out: list[str] = []
+    child = Supervised(["bash", "-c", script], on_stdout=out.extend, on_stderr=out.extend)
+    assert child.wait(timeout=30) == (0, None)
+    assert out == ["aéb", "second", "no newline"]
+
+
+def test_a_flood_arrives_complete_and_in_batches() -> None:
+    batches: list[list[str]] = []
+    child = Supervised(
+        ["bash", "-c", "for ((i = 0; i < 20000; i++)); do echo line $i; done >&2"],
+        on_stdout=batches.append,
+        on_stderr=batches.append,
+    )
+    assert child.wait(timeout=60) == (0, None)
+    lines = [line for batch in batches for line in batch]
+    assert lines == [f"line {i}" for i in range(20000)]
+    assert len(batches) < len(lines)  # handed over in batches, not line by line
+
+
+def test_a_failing_output_callback_is_raised_by_wait_and_the_pipe_is_still_drained() -> None:
+    def broken(lines: list[str]) -> None:
+        raise ValueError("consumer bug")
+
+    # 4 MiB of output: more than the pipe holds, so the child would block if not drained.
+    child = Supervised(
+        ["bash", "-c", "head -c 4194304 /dev/zero | tr '\\0' 'x' | fold -w 100"],
+        on_stdout=broken,
+        on_stderr=broken,
+    )
+    with pytest.raises(ValueError, match="consumer bug"):
+        child.wait(timeout=60)
+
+
+def test_a_grandchild_holding_the_pipe_does_not_hold_up_the_exit() -> None:
+    out: list[str] = []
+    child = Supervised(
+        ["bash", "-c", "echo first; (sleep 30 &) ; exit 0"],
+        on_stdout=out.extend,
+        on_stderr=out.extend,
+    )
+    started = time.monotonic()
+    assert child.wait(timeout=20) == (0, None)
+    assert time.monotonic() - started < 15  # the 2 s drain grace, not the grandchild's 30 s
+    assert out == ["first"]
+    child.stop(grace_s=1)  # the orphaned sleep is in the child's group: end it
