@@ -78,6 +78,7 @@ _PREFILTER = {source: Prefilter.build(_keywords(source)) for source in Source}
 _SEARCH = {source: prefilter.pattern.search for source, prefilter in _PREFILTER.items()}
 # Enum members as module constants: `Source.NIX` is an attribute lookup of ≈100 ns on 3.11.
 _NIX, _BUILD = Source.NIX, Source.BUILD
+_BUILD_SEARCH = _SEARCH[_BUILD]
 _RULE_NUMBER = {rule.id: number for number, rule in enumerate(RULES)}
 
 
@@ -112,7 +113,8 @@ class Classifier:
             source, drv = self._nix_line(line)
         else:
             drv = line.drv
-        if _SEARCH[source](text) is None:
+        search = _BUILD_SEARCH if source is _BUILD else _SEARCH[source]
+        if search(text) is None:
             return  # the common case, kept out of the generator below for speed
         key = drv_name(drv) if drv else None
         for number, match in _matches(text, source):

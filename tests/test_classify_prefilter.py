@@ -34,9 +34,8 @@ texts = st.lists(
 
 
 def _expected_numbers(prefilter: Prefilter, text: str) -> list[int]:
-    return sorted(
-        {n for _, entries in prefilter.by_anchor for k, ns in entries if k in text for n in ns}
-    )
+    entries = [entry for group in prefilter.by_anchor.values() for entry in group]
+    return sorted({n for k, ns in entries if k in text for n in ns})
 
 
 @given(texts)
@@ -50,10 +49,14 @@ def test_the_prefilter_finds_a_line_exactly_when_it_holds_a_keyword(text: str) -
 
 @given(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=8), texts)
 def test_any_keyword_set_gives_an_exact_prefilter(words: list[str], text: str) -> None:
-    pattern = re.compile(pattern_for(choose_anchors(words)))
+    anchors = choose_anchors(words)
+    pattern = re.compile(pattern_for(anchors))
     assert (pattern.search(text) is not None) == any(w in text for w in words)
     for word in words:
         assert pattern.search(f"{text}{word}{text}")
+    # The locating form reports the anchor of every keyword that occurs, and no other.
+    found = set(re.compile(pattern_for(anchors, consume=False)).findall(text))
+    assert found == {anchors[w] for w in words if w in text}
 
 
 def test_every_keyword_has_an_anchor_of_its_own_characters() -> None:
