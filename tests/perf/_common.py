@@ -387,22 +387,54 @@ def write_internal_json(path: Path, lines: int, seed: int = 8) -> int:
     return path.stat().st_size
 
 
-def consume(lines: Iterable[str]) -> int:
-    """The supervisor's per-line path: parse, fold (tails, phases), number, classify.
+def consume(lines: Iterable[str], run_dir: Path | None = None) -> int:
+    """nixbuild's per-line path over ``lines``; returns the human lines produced.
 
-    Mirrors supervisor._AttemptWatcher.feed minus the attempt-log write and the console,
-    and ends with the verdict, as an attempt does. Returns the human lines produced.
+    Without ``run_dir``: parse, fold (tails, phases), number, classify, and the verdict at
+    the end — the path issue 8 set its target on. With ``run_dir``: every call
+    attempt.LineFanout._process makes per line, in a per-line function as there — also
+    redaction, the attempt log (a real RunFiles under ``run_dir``) and the console (quiet,
+    as with --quiet: what a terminal costs is not nixbuild's). Not included: the hand-over
+    from the pipe readers to the fan-out thread (one queue operation per batch of lines).
     """
     from nixbuild.classify import Classifier
+    from nixbuild.console import Console
     from nixbuild.logstream import LogState, parse_line
     from nixbuild.model import ExitInfo, LogLine
+    from nixbuild.redact import redact_line
+    from nixbuild.rundir import RunFiles
 
     state = LogState()
     classifier = Classifier()
     produced_count = 0
-    for raw in lines:
-        for produced in state.apply(parse_line(raw.rstrip("\n"))):
+    if run_dir is None:
+        for raw in lines:
+            for produced in state.apply(parse_line(raw.rstrip("\n"))):
+                produced_count += 1
+                line = LogLine(produced_count, produced.text, produced.source, produced.drv)
+                classifier.feed(line)
+        classifier.finish(ExitInfo(0, None, None))
+        return produced_count
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    files = RunFiles(run_dir, warn=print)
+    files.open_attempt(1)
+    console = Console(quiet=True)
+    now = time.monotonic()
+
+    def process(raw: str) -> None:  # attempt.LineFanout._process, line for line
+        nonlocal produced_count
+        for produced in state.apply(parse_line(raw)):
             produced_count += 1
-            classifier.feed(LogLine(produced_count, produced.text, produced.source, produced.drv))
+            line = LogLine(
+                produced_count, redact_line(produced.text), produced.source, produced.drv
+            )
+            files.attempt_line(line.text)
+            classifier.feed(line)
+            console.log_line(line, now)
+
+    for raw in lines:
+        process(raw.rstrip("\n"))  # the pipe readers strip the line ending
     classifier.finish(ExitInfo(0, None, None))
+    files.close()
     return produced_count
