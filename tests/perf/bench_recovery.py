@@ -4,31 +4,56 @@ Three strategies on the same scenario, each from a clean start (its own nonce or
 download, its own nixbuild state directory):
 
 * nixbuild: ``nixbuild build X`` with its defaults, except that its waits are shortened by
-  the same factor as the shell loop's sleep (``--loop-sleep`` / 60 s): the
-  ``network_backoff`` and ``oom_delay`` settings, through their environment twins
-  ``NIXBUILD_NETWORK_BACKOFF`` / ``NIXBUILD_OOM_DELAY`` (whole seconds, at least 1). The
-  pause before a retry after an ordinary build failure (5 s) has no setting and is kept.
+  the same factor as the shell loop's sleep (``--loop-sleep`` / the usual 60 s, so 1/12 by
+  default): the ``network_backoff``, ``network_backoff_cap``, ``oom_delay`` and
+  ``settle_delay`` settings, through their environment twins (``NIXBUILD_OOM_DELAY`` …),
+  rounded *up* to whole seconds because the settings take whole seconds (30 s → 3 s,
+  45 s → 4 s, 5 s → 1 s). What is not a setting is not scaled: after an out-of-memory
+  failure nixbuild polls available memory every second and starts once two readings in a
+  row are back (at least 1 s; ``oom_delay`` is only the longest pause), so that wait is the
+  same here as in a real run.
 * shell loop: ``until nix build X …; do sleep S; done``, run by bash as written, bounded to
   ``--loop-tries`` tries; S = ``--loop-sleep`` (default 5 s instead of the usual 60 s, the
   same in every scenario).
 * oracle: one ``nix build`` that starts with the settings that work.
+
+The builds take real time (``--work``, the fixture flake's ``work.txt``; its header says
+how): a successful source build does W CPU-seconds of busy work split into
+``$NIX_BUILD_CORES`` parallel jobs (default W = 30: about 15 s at 2 cores on 2 free CPUs);
+its out-of-memory failure comes at the first heavy step, after 10% of that work — an
+assumption, stated: a real OOM may come earlier or later, and the *wasted build* column is
+what it costs; a ``-bin`` sibling does W/2 CPU-seconds in one job (as long as the source
+build at 2 cores: generous to a supervisor that tries the source first, since real
+prebuilt packages are usually much cheaper than their source build).
 
 Scenarios:
 
 * oom: the fixture flake's ``cores`` fails above 2 cores (cc1plus killed). On this machine
   nixbuild would start at 2 cores and never see the failure, so every strategy's first
   attempt is forced to 8 cores (``--cores 8`` / ``--option cores 8``); the oracle uses 2.
-* network: a fixed-output ``<nix/fetchurl.nix>`` download from a local HTTP server that
-  answers 503 twice, then serves the file. Nix retries a 503 by itself
-  (``download-attempts``, default 5, ~1 s), which would hide the fault, so the nixbuild and
-  shell-loop runs pass ``--option download-attempts 1``; the oracle passes 3.
+* network: a fixed-output ``<nix/fetchurl.nix>`` download of ``--download-mb`` MiB from a
+  local HTTP server that answers 503 at once to the first two requests, then serves the
+  file throttled to take ``--download-s`` seconds. Nix retries a 503 by itself
+  (``download-attempts``, default 5, backoff 0.25 s doubling), which gets through two 503s
+  in under a second: the fault would be invisible and every strategy would take the same
+  time. The scenario stands for an outage that outlasts nix's own retries (a mirror down
+  for minutes), compressed to two requests, so the nixbuild and shell-loop runs pass
+  ``--option download-attempts 1`` — the same handicap for both, and nixbuild passes it
+  through untouched; the oracle passes 3, i.e. it knows the outage is two requests long
+  and gets through it with nix's sub-second backoff. nixbuild's first retry window is
+  ``network_backoff`` (30 s, full jitter, doubling; scaled to 3 s here). That default is
+  kept: by the time nix reports a download failure it has already retried for about 4 s,
+  so what is left is an outage of minutes, and a shorter window would spend the 4 retries
+  within one; a retry costs little (built dependencies stay in the store).
 * bin fallback: the fixture's ``alwaysfail`` fails at any parallelism; ``alwaysfail-bin``
   builds. nixbuild derives that fallback itself; the oracle builds ``alwaysfail-bin``.
 
 Reported per strategy: outcome, wall time, wasted build time (time spent in attempts that
-failed) and time spent waiting between attempts.
+failed) and time spent waiting between attempts (nixbuild: measured from its events, from
+each decision to the next attempt's start; the loop: its sleeps).
 
     .venv/bin/python tests/perf/bench_recovery.py [--loop-sleep 5] [--loop-tries 4]
+        [--work 30] [--download-s 5] [--download-mb 8] [--only oom] [--keep]
 
 Figures are printed, never asserted. When nixbuild lacks a setting this needs, the
 scenario says so instead of printing a figure.
@@ -39,12 +64,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.server
+import io
 import json
+import math
+import os
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,7 +83,15 @@ import _common as c  # a script directory, not a package
 SECTION = "time to success"
 USUAL_LOOP_SLEEP_S = 60.0
 # nixbuild's defaults for the waits it lets a user configure (nixbuild config).
-WAIT_SETTINGS = {"network_backoff": 30.0, "oom_delay": 45.0}
+WAIT_SETTINGS = {
+    "network_backoff": 30.0,
+    "network_backoff_cap": 600.0,
+    "oom_delay": 45.0,
+    "settle_delay": 5.0,
+}
+WORK_S = 30.0  # CPU-seconds of a successful source build (fixture work.txt)
+DOWNLOAD_S = 5.0  # how long the successful download takes
+DOWNLOAD_MB = 8
 
 FETCH_FLAKE = """{
   # A fixed-output download whose URL and hash the benchmark writes before each run.
@@ -103,11 +140,13 @@ class Scenario:
 
 
 class FlakyServer:
-    """Serves registered files on 127.0.0.1, answering 503 to the first requests of each."""
+    """Serves registered files on 127.0.0.1, answering 503 at once to the first requests of
+    each, then the file, throttled so that it takes ``seconds``."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float = 0.0) -> None:
         self.files: dict[str, tuple[bytes, int]] = {}
         self.lock = threading.Lock()
+        self.seconds = seconds
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -124,13 +163,24 @@ class FlakyServer:
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    server.send_throttled(self.wfile, data)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def send_throttled(self, out: io.BufferedIOBase, data: bytes, chunk: int = 64 * 1024) -> None:
+        pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
+        start = time.monotonic()
+        try:
+            for n, piece in enumerate(pieces, 1):
+                out.write(piece)
+                due = start + self.seconds * n / len(pieces)
+                time.sleep(max(0.0, due - time.monotonic()))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up
 
     def __enter__(self) -> FlakyServer:
         self.thread.start()
@@ -172,16 +222,36 @@ def run_nixbuild(scn: Scenario, root: Path, env: dict[str, str], waits: dict[str
     summary = json.loads(summaries[0].read_text())
     attempts = summary["attempts"]
     wasted = sum(a["duration_s"] for a in attempts if a["diagnosis"] is not None)
-    waiting = sum((a["decision"] or {}).get("delay_s", 0.0) for a in attempts)
+    waiting, memory = measured_waits(summaries[0].parent / "events.jsonl")
     steps = " → ".join(_describe_attempt(a) for a in attempts)
+    memory_text = ""
+    if memory:
+        memory_text = "; after OOM waited for memory " + ", ".join(f"{s:.1f} s" for s in memory)
     return Result(
         done.returncode == 0,
         wall,
         wasted,
         waiting,
         len(attempts),
-        f"status {summary['status']}: {steps}",
+        f"status {summary['status']}: {steps}{memory_text}",
     )
+
+
+def measured_waits(events_file: Path) -> tuple[float, list[float]]:
+    """Time from each decision to the next attempt's start (what nixbuild waited, chosen
+    or measured), and the waits for memory it reports, from the run's events."""
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    waiting = 0.0
+    decided: datetime | None = None
+    for event in events:
+        when = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+        if event["event"] == "attempt_decided":
+            decided = when
+        elif event["event"] == "attempt_started" and decided is not None:
+            waiting += (when - decided).total_seconds()
+            decided = None
+    memory = [float(e["waited_s"]) for e in events if e["event"] == "memory_wait"]
+    return waiting, memory
 
 
 def _describe_attempt(attempt: dict[str, object]) -> str:
@@ -251,12 +321,14 @@ def scenarios(fixture: Path, fetch: Path) -> list[Scenario]:
     ]
 
 
-def prepare(scn: Scenario, fixture: Path, fetch: Path, server: FlakyServer, tag: str) -> None:
+def prepare(
+    scn: Scenario, fixture: Path, fetch: Path, server: FlakyServer, tag: str, *, size: int
+) -> None:
     """A clean start: new derivations (nonce), or a new file to download (new hash)."""
     if scn.prepare == "nonce":
         c.new_nonce(fixture)
         return
-    data = f"payload for {tag} at {time.time_ns()}\n".encode()
+    data = f"payload for {tag} at {time.time_ns()}\n".encode() + os.urandom(size)
     url = server.add(f"/{tag}-{time.time_ns()}.tar.gz", data, failures=2)
     (fetch / "url.txt").write_text(url)
     (fetch / "sha256.txt").write_text(hashlib.sha256(data).hexdigest())
@@ -269,12 +341,21 @@ def missing_settings() -> list[str]:
 
 
 def scaled_waits(loop_sleep_s: float) -> dict[str, str]:
+    """Each wait setting times loop_sleep / 60 s, rounded up to whole seconds (never shorter
+    than the exact scaling: the rounding does not favour nixbuild)."""
     factor = loop_sleep_s / USUAL_LOOP_SLEEP_S
-    return {name: f"{max(1, round(v * factor))}s" for name, v in WAIT_SETTINGS.items()}
+    return {name: f"{max(1, math.ceil(v * factor))}s" for name, v in WAIT_SETTINGS.items()}
 
 
 def run(
-    loop_sleep_s: float, loop_tries: int, only: Sequence[str] = (), keep: bool = False
+    loop_sleep_s: float,
+    loop_tries: int,
+    only: Sequence[str] = (),
+    keep: bool = False,
+    *,
+    work_s: float = WORK_S,
+    download_s: float = DOWNLOAD_S,
+    download_mb: int = DOWNLOAD_MB,
 ) -> list[c.Row]:
     missing = missing_settings()
     if missing:
@@ -293,12 +374,24 @@ def run(
             SECTION,
             "settings",
             f"loop sleep {loop_sleep_s:g} s, {loop_tries} tries",
-            f"nixbuild waits scaled by the same factor: {waits_text} (env NIXBUILD_*)",
-        )
+            f"nixbuild waits scaled by the same factor, rounded up: {waits_text} (env "
+            "NIXBUILD_*); its memory polling after OOM (1 s, at least 1 s) is not a setting "
+            "and not scaled",
+        ),
+        c.Row(
+            SECTION,
+            "work",
+            f"{work_s:g} CPU-s per source build, {download_mb} MiB in {download_s:g} s",
+            f"source: split into $NIX_BUILD_CORES jobs, OOM after 10% of it; -bin: "
+            f"{work_s / 2:g} CPU-s in one job; a 503 answers at once (fixture work.txt)",
+        ),
     ]
-    with c.work_dir("nixbuild-bench-recovery-", keep) as root, FlakyServer() as srv:
+    with (
+        c.work_dir("nixbuild-bench-recovery-", keep) as root,
+        FlakyServer(download_s) as srv,
+    ):
         env = c.isolated_env(root / "nix")
-        fixture = c.copy_flake(root / "fixture")
+        fixture = c.copy_flake(root / "fixture", work_txt=f"{work_s:g}")
         fetch = root / "fetch"
         fetch.mkdir()
         (fetch / "flake.nix").write_text(FETCH_FLAKE)
@@ -309,7 +402,7 @@ def run(
             for strategy in ("nixbuild", "shell loop", "oracle"):
                 work = root / f"{scn.prepare}-{len(rows)}-{strategy.replace(' ', '-')}"
                 work.mkdir()
-                prepare(scn, fixture, fetch, srv, work.name)
+                prepare(scn, fixture, fetch, srv, work.name, size=download_mb * 1024 * 1024)
                 if strategy == "nixbuild":
                     results[strategy] = run_nixbuild(scn, work, env, waits)
                 elif strategy == "shell loop":
@@ -365,8 +458,32 @@ def main() -> None:
         "--only", action="append", default=[], help="run scenarios whose name contains this"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--work",
+        type=float,
+        default=WORK_S,
+        help=f"CPU-seconds of a successful source build [{WORK_S:g}]",
+    )
+    parser.add_argument(
+        "--download-s",
+        type=float,
+        default=DOWNLOAD_S,
+        help=f"seconds the successful download takes [{DOWNLOAD_S:g}]",
+    )
+    parser.add_argument(
+        "--download-mb", type=int, default=DOWNLOAD_MB, help=f"MiB downloaded [{DOWNLOAD_MB}]"
+    )
     args = parser.parse_args()
-    c.print_rows(run(args.loop_sleep, args.loop_tries, args.only, args.keep))
+    rows = run(
+        args.loop_sleep,
+        args.loop_tries,
+        args.only,
+        args.keep,
+        work_s=args.work,
+        download_s=args.download_s,
+        download_mb=args.download_mb,
+    )
+    c.print_rows(rows)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import _common as c
 import bench_recovery
@@ -52,11 +53,46 @@ def test_flaky_server_answers_503_the_given_number_of_times_then_serves_the_file
         assert missing.value.code == 404
 
 
-def test_waits_are_scaled_like_the_loop_sleep_in_whole_seconds() -> None:
-    assert bench_recovery.scaled_waits(60) == {"network_backoff": "30s", "oom_delay": "45s"}
-    assert bench_recovery.scaled_waits(5) == {"network_backoff": "2s", "oom_delay": "4s"}
-    assert bench_recovery.scaled_waits(0.1) == {"network_backoff": "1s", "oom_delay": "1s"}
-    assert bench_recovery.missing_settings() == []  # nixbuild has both settings today
+def test_waits_are_scaled_like_the_loop_sleep_rounded_up_to_whole_seconds() -> None:
+    assert bench_recovery.scaled_waits(60) == {
+        "network_backoff": "30s",
+        "network_backoff_cap": "600s",
+        "oom_delay": "45s",
+        "settle_delay": "5s",
+    }
+    assert bench_recovery.scaled_waits(5) == {
+        "network_backoff": "3s",  # 2.5 s, rounded up: never shorter than the exact scaling
+        "network_backoff_cap": "50s",
+        "oom_delay": "4s",
+        "settle_delay": "1s",
+    }
+    assert set(bench_recovery.scaled_waits(0.1).values()) <= {"1s", "2s"}
+    assert bench_recovery.missing_settings() == []  # nixbuild has every setting today
+
+
+def test_the_flaky_server_throttles_only_the_successful_answer() -> None:
+    with bench_recovery.FlakyServer(seconds=0.2) as server:
+        url = server.add("/big.tar.gz", b"x" * 300_000, failures=1)
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url, timeout=5)
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.read() == b"x" * 300_000
+
+
+def test_nixbuild_waits_are_read_from_its_events(tmp_path: Path) -> None:
+    events = [
+        {"event": "attempt_started", "timestamp": "2026-12-04T22:00:00.000000Z"},
+        {"event": "attempt_decided", "timestamp": "2026-12-04T22:00:01.500000Z"},
+        {"event": "memory_wait", "waited_s": 1.0, "timestamp": "2026-12-04T22:00:02.500000Z"},
+        {"event": "attempt_started", "timestamp": "2026-12-04T22:00:02.600000Z"},
+        {"event": "attempt_decided", "timestamp": "2026-12-04T22:00:03.000000Z"},
+        {"event": "attempt_started", "timestamp": "2026-12-04T22:00:05.000000Z"},
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    waiting, memory = bench_recovery.measured_waits(path)
+    assert waiting == pytest.approx(3.1)
+    assert memory == [1.0]
 
 
 def test_markdown_table_escapes_pipes() -> None:
