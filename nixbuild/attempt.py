@@ -1,9 +1,10 @@
 """One attempt: start nix, fan its lines out, watch for reasons to stop it, diagnose.
 
-Lines arrive on sh's reader threads; ``LineFanout`` numbers them once and hands the same
-``LogLine`` to the attempt log, the classifier and the console, so evidence line numbers
-always match ``attempt-N.log``. The main thread meanwhile ticks the console, and stops the
-process group on a signal, the deadline, a stall or the memory watchdog.
+Lines arrive in batches on the pipe readers' threads; ``LineFanout`` queues them for its
+worker, where ``LineProcessor`` numbers them once and hands each to the attempt log, the
+classifier and the console, so evidence line numbers always match ``attempt-N.log``.
+The main thread meanwhile ticks the console, and stops the process group on a signal,
+the deadline, a stall or the memory watchdog.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .model import (
     Source,
 )
 from .process import Supervised
-from .redact import redact_argv, redact_line
+from .redact import may_hold_secret, redact_argv, redact_line
 from .rundir import RunFiles
 from .summary import iso
 from .watchdog import MemoryWatchdog
@@ -67,6 +68,41 @@ class AttemptSettings:
         )
 
 
+class LineProcessor:
+    """nix's raw lines → human lines: numbered, redacted, logged, classified, shown.
+
+    Works a batch at a time: a batch of build output almost never holds anything to redact,
+    so one check of the joined text replaces one per line, and the attempt log gets one
+    write. The benchmarks run this same code (tests/perf/_common.py).
+    """
+
+    def __init__(self, files: RunFiles, console: Console) -> None:
+        self.files = files
+        self.console = console
+        self.state = LogState()
+        self.classifier = Classifier()
+        self.lines = 0
+
+    def process(self, batch: Sequence[str], now: float) -> None:
+        apply = self.state.apply
+        human = [produced for raw in batch for produced in apply(parse_line(raw))]
+        if not human:
+            return
+        texts = [produced.text for produced in human]
+        joined = "\n".join(texts)
+        if may_hold_secret(joined):
+            texts = [redact_line(text) for text in texts]
+            joined = "\n".join(texts)
+        self.files.attempt_line(joined)
+        feed, show = self.classifier.feed_text, self.console.log_text
+        number = self.lines
+        for produced, text in zip(human, texts, strict=True):
+            number += 1
+            feed(number, text, produced.source, produced.drv)
+            show(text, produced.source, now)
+        self.lines = number
+
+
 class LineFanout:
     """Receives nix's raw lines and fans them out, in order, on a worker thread of its own.
 
@@ -83,12 +119,10 @@ class LineFanout:
         clock: Callable[[], float],
         backlog: int = 50_000,
     ) -> None:
-        self.files = files
-        self.console = console
+        self.processor = LineProcessor(files, console)
+        self.state = self.processor.state
+        self.classifier = self.processor.classifier
         self.clock = clock
-        self.state = LogState()
-        self.classifier = Classifier()
-        self.lines = 0
         self.last_activity = clock()
         self.backlog = backlog
         self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
@@ -112,21 +146,15 @@ class LineFanout:
         self._queue.put(None)
         self._worker.join()
 
+    @property
+    def lines(self) -> int:
+        return self.processor.lines
+
     def _drain(self) -> None:
         while (batch := self._queue.get()) is not None:
-            now = self.clock()
-            for raw in batch:
-                self._process(raw, now)
+            self.processor.process(batch, self.clock())
             with self._count_lock:
                 self._queued -= len(batch)
-
-    def _process(self, raw: str, now: float) -> None:
-        for produced in self.state.apply(parse_line(raw)):
-            self.lines += 1
-            line = LogLine(self.lines, redact_line(produced.text), produced.source, produced.drv)
-            self.files.attempt_line(line.text)
-            self.classifier.feed(line)
-            self.console.log_line(line, now)
 
 
 class Attempt:

@@ -107,15 +107,25 @@ class Classifier:
         self._s = _State()
 
     def feed(self, line: LogLine) -> None:
-        text = line.text
-        source = line.source
+        self.feed_text(line.number, line.text, line.source, line.drv, line)
+
+    def feed_text(
+        self,
+        line_number: int,
+        text: str,
+        source: Source,
+        drv: str | None,
+        line: LogLine | None = None,
+    ) -> None:
+        """``feed`` for the hot path: the LogLine is built only for a line that may matter."""
         if source is _NIX:
+            line = line or LogLine(line_number, text, source, drv)
             source, drv = self._nix_line(line)
-        else:
-            drv = line.drv
         search = _BUILD_SEARCH if source is _BUILD else _SEARCH[source]
         if search(text) is None:
             return  # the common case, kept out of the generator below for speed
+        if line is None:
+            line = LogLine(line_number, text, source, drv)
         key = drv_name(drv) if drv else None
         for number, match in _matches(text, source):
             self._record(number, key, line, match)

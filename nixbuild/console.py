@@ -71,12 +71,13 @@ class Console:
             self._last_output = now
 
     def log_line(self, line: LogLine, now: float) -> None:
-        if self.quiet and line.source is not Source.NIX:
-            return
-        if self.quiet and not line.text.startswith(("error", "warning")):
+        self.log_text(line.text, line.source, now)
+
+    def log_text(self, text: str, source: Source, now: float) -> None:
+        if self.quiet and (source is not Source.NIX or not text.startswith(("error", "warning"))):
             return
         with self._lock:
-            self._write(line.text)
+            self._write(text)
             self._last_output = now
 
     def tick(self, state: LogState, elapsed_s: float, now: float, prefix: str = "") -> None:

@@ -118,10 +118,19 @@ _HINTS = (
 )
 
 
+def may_hold_secret(text: str) -> bool:
+    """Whether ``text`` has any hint of a secret; False means redaction leaves it as it is.
+
+    Also asked of a whole batch of log lines joined together: nearly every batch of a
+    build's output has none, and one check for all of them is far cheaper than one a line.
+    """
+    lowered = text.lower()
+    for hint in _HINTS:  # noqa: SIM110 - a plain loop: measured faster than any() or a regex
+        if hint in lowered:
+            return True
+    return False
+
+
 def redact_line(text: str) -> str:
     """``redact_text`` for one log line, fast when the line cannot hold a secret."""
-    lowered = text.lower()
-    for hint in _HINTS:  # a plain loop: measured faster than any() or one regex here
-        if hint in lowered:
-            return redact_text(text)
-    return text
+    return redact_text(text) if may_hold_secret(text) else text

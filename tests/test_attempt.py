@@ -1,4 +1,4 @@
-"""The line fan-out: sh's reader threads only queue; one worker numbers and processes."""
+"""The line fan-out: the pipe readers only queue; one worker numbers and processes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-from nixbuild.attempt import LineFanout
+from nixbuild.attempt import LineFanout, LineProcessor
 from nixbuild.console import Console
+from nixbuild.model import ExitInfo, Kind
 from nixbuild.rundir import RunFiles
 
 
@@ -55,3 +56,35 @@ def test_close_without_lines_stops_the_worker(tmp_path: Path) -> None:
     fan, _ = fanout(tmp_path)
     fan.close()
     assert fan.lines == 0
+
+
+def test_a_batch_is_numbered_redacted_logged_and_classified_in_order(tmp_path: Path) -> None:
+    files = RunFiles(tmp_path, lambda _: None)
+    files.open_attempt(1)
+    shown = io.StringIO()
+    processor = LineProcessor(files, Console(shown))
+    start = (
+        '@nix {"action":"start","id":1,"level":3,"type":105,"text":"building",'
+        '"fields":["/nix/store/aaaa-demo-1.0.drv"]}'
+    )
+    processor.process([start, build_line(1, "compiling a.c")], now=0.0)
+    processor.process(
+        [
+            build_line(1, "fetching https://user:hunter2@example.org/src.tar.gz"),
+            "not json at all",
+            build_line(1, "c++: fatal error: Killed signal terminated program cc1plus"),
+        ],
+        now=1.0,
+    )
+    processor.process([], now=2.0)
+    files.close()
+    logged = (tmp_path / "attempt-1.log").read_text().splitlines()
+    assert processor.lines == len(logged) == 5
+    assert "hunter2" not in "\n".join(logged)
+    assert "[redacted]" in logged[2]
+    assert "hunter2" not in shown.getvalue()
+    diagnosis = processor.classifier.finish(ExitInfo(1, None, None))
+    assert diagnosis is not None
+    assert diagnosis.kind is Kind.OOM
+    evidence = diagnosis.evidence[0]
+    assert logged[evidence.line - 1] == evidence.text
