@@ -9,6 +9,7 @@ the deadline, a stall or the memory watchdog.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -103,6 +104,22 @@ class LineProcessor:
         self.lines = number
 
 
+# How much nicer than nixbuild the fan-out worker runs (Linux gives threads their own nice
+# value). On a machine the build keeps busy, the worker's CPU is taken from nix and the
+# builder: measured on 2 cores with a builder printing 500k lines as fast as it can, the
+# builder ran 1.32x as long as with nix logging to /dev/null, 1.20x with the worker at
+# +10. The worker falls behind only inside its queue and the pipes (over a second of a
+# flood); at +10 it still gets about a tenth of a core from eight busy compilers.
+WORKER_NICENESS = 10
+
+
+def _lower_priority_of_this_thread() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: as is
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + WORKER_NICENESS))
+
+
 class LineFanout:
     """Receives nix's raw lines and fans them out, in order, on a worker thread of its own.
 
@@ -151,6 +168,7 @@ class LineFanout:
         return self.processor.lines
 
     def _drain(self) -> None:
+        _lower_priority_of_this_thread()
         while (batch := self._queue.get()) is not None:
             self.processor.process(batch, self.clock())
             with self._count_lock:

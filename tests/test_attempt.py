@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
 
-from nixbuild.attempt import LineFanout, LineProcessor
+from nixbuild.attempt import WORKER_NICENESS, LineFanout, LineProcessor
 from nixbuild.console import Console
 from nixbuild.model import ExitInfo, Kind
 from nixbuild.rundir import RunFiles
@@ -88,3 +89,20 @@ def test_a_batch_is_numbered_redacted_logged_and_classified_in_order(tmp_path: P
     assert diagnosis.kind is Kind.OOM
     evidence = diagnosis.evidence[0]
     assert logged[evidence.line - 1] == evidence.text
+
+
+def test_the_worker_runs_nicer_than_the_pipe_readers(tmp_path: Path) -> None:
+    # Linux threads have their own nice value: the worker yields the CPU to nix and the
+    # builder, while the threads that drain the pipes keep nixbuild's priority.
+    fan, files = fanout(tmp_path)
+    fan.feed([build_line(1, "hello")])  # the worker lowers its priority as it starts
+    deadline = time.monotonic() + 10
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    worker = fan._worker.native_id
+    assert worker is not None
+    while os.getpriority(os.PRIO_PROCESS, worker) == mine and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, mine + WORKER_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    fan.close()
+    files.close()
