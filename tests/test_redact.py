@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 from conftest import require
+from hypothesis import given
+from hypothesis import strategies as st
 
-from nixbuild.redact import REDACTED, redact_argv, redact_line, redact_text
+from nixbuild.redact import REDACTED, may_hold_secret, redact_argv, redact_line, redact_text
 
 GH = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 GL = "glpat-" + "xY12_ab-CDefGHijKLmn"
@@ -168,3 +170,33 @@ def test_token_never_reaches_the_run_directory_or_the_ledger(
     assert f"--option access-tokens '{REDACTED}'" in command  # recorded, value hidden
     leaks = [p for p in written if GH.encode() in p.read_bytes()]
     assert leaks == []
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "https://user:hunter2@example.org/x",
+                "access-tokens = github.com=ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+                "Authorization: Bearer abc.def",
+                "ghs_abcdefghijklmnopqrstuvwxyz0123456789",
+                "GHO_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+                "glpat-abcdefghij0123456789",
+                "password=hunter2",
+                "?sig=abcdef&key=123",
+                "machine example.org login me password secret",
+                "cc1plus: fatal error",
+                "[ 12%] Building CXX object",
+                "through the high road",
+                " ",
+                "\n",
+            ]
+        ),
+        max_size=8,
+    )
+)
+def test_may_hold_secret_never_misses_what_redact_text_changes(parts: list[str]) -> None:
+    text = "".join(parts)
+    if redact_text(text) != text:
+        assert may_hold_secret(text)
+    assert redact_line(text) == redact_text(text)
