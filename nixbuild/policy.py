@@ -50,8 +50,10 @@ SEED_FREE_SPACE_GB = 20
 # time nix has exited its builders are gone and the kernel has freed their memory, so on a
 # healthy machine this takes OOM_MIN_WAIT_S; `oom_delay` bounds it when memory stays short
 # (another process holds it): the attempt then starts anyway, at its lower parallelism.
-OOM_MIN_WAIT_S = 1.0
-MEMORY_POLL_S = 1.0
+# Half a second between readings is long enough to see a figure still falling (swap being
+# read back, a compiler still exiting) and short next to any build worth supervising.
+OOM_MIN_WAIT_S = 0.5
+MEMORY_POLL_S = 0.5
 MEMORY_TARGET_FRACTION = 0.9
 MEMORY_STABLE_READINGS = 2
 

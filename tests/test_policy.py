@@ -193,7 +193,7 @@ def test_after_out_of_memory_the_wait_is_measured_up_to_oom_delay() -> None:
     expected = MemoryWait(min_s=OOM_MIN_WAIT_S, max_s=45.0)
     assert memory_wait(Kind.OOM, degrade) == expected
     assert memory_wait(Kind.OOM, fallback) == expected
-    assert expected.readings == 2 and expected.poll_s == 1.0 and expected.fraction == 0.9
+    assert expected.readings == 2 and expected.poll_s == 0.5 and expected.fraction == 0.9
 
 
 def test_other_waits_are_plain_pauses() -> None:

@@ -12,7 +12,7 @@ from nixbuild.attempt import AttemptSettings
 from nixbuild.console import Console
 from nixbuild.model import AttemptSpec, Decision, Kind, Mode
 from nixbuild.nixcmd import NixInfo
-from nixbuild.policy import DEGRADE, GIVE_UP, RETRY
+from nixbuild.policy import DEGRADE, GIVE_UP, MEMORY_POLL_S, OOM_MIN_WAIT_S, RETRY
 from nixbuild.rundir import RunFiles
 from nixbuild.supervisor import RunRequest, Supervisor
 
@@ -77,9 +77,9 @@ def test_after_oom_the_next_attempt_starts_once_memory_is_back(
     sup, out = supervisor(tmp_path, machine)
     nxt = sup._prepare_next(Decision(DEGRADE, 45.0, LOWER), Kind.OOM, 10 * GiB, files)
     assert nxt == LOWER
-    assert machine.now - 1_000.0 == 1.0  # the minimum, not oom_delay's 45 s
+    assert machine.now - 1_000.0 == OOM_MIN_WAIT_S  # the minimum, not oom_delay's 45 s
     (event,) = events(tmp_path, "memory_wait")
-    assert event["recovered"] is True and event["waited_s"] == 1.0
+    assert event["recovered"] is True and event["waited_s"] == OOM_MIN_WAIT_S
     assert event["target"] == 9 * GiB
     assert out.getvalue() == ""
 
@@ -89,7 +89,7 @@ def test_memory_that_stays_short_waits_at_most_oom_delay(tmp_path: Path, files: 
     sup, out = supervisor(tmp_path, machine)
     nxt = sup._prepare_next(Decision(DEGRADE, 45.0, LOWER), Kind.OOM, 10 * GiB, files)
     assert nxt == LOWER
-    assert machine.now - 1_000.0 == 45.0 and all(s <= 1.0 for s in machine.slept)
+    assert machine.now - 1_000.0 == 45.0 and all(s <= MEMORY_POLL_S for s in machine.slept)
     assert "memory has not recovered after 45 s (oom_delay); starting anyway" in out.getvalue()
     (event,) = events(tmp_path, "memory_wait")
     assert event["recovered"] is False and event["available"] == 2 * GiB
@@ -140,5 +140,5 @@ def test_a_signal_during_the_memory_wait_stops_the_run(tmp_path: Path, files: Ru
 
     sup.sleep = interrupted_sleep
     assert sup._prepare_next(Decision(DEGRADE, 45.0, LOWER), Kind.OOM, 10 * GiB, files) is None
-    assert machine.now - 1_000.0 == 1.0
+    assert machine.now - 1_000.0 == OOM_MIN_WAIT_S
     assert "starting anyway" not in out.getvalue()

@@ -375,7 +375,7 @@ def run(
             "settings",
             f"loop sleep {loop_sleep_s:g} s, {loop_tries} tries",
             f"nixbuild waits scaled by the same factor, rounded up: {waits_text} (env "
-            "NIXBUILD_*); its memory polling after OOM (1 s, at least 1 s) is not a setting "
+            "NIXBUILD_*); its memory polling after OOM (every 0.5 s, two readings) is not a setting "
             "and not scaled",
         ),
         c.Row(
