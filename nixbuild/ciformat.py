@@ -232,7 +232,7 @@ def _annotation(level: str, attempt: AttemptView, workspace: str | None) -> str:
         _shorten(e.text if e.line is None else f"{where}{e.line}: {e.text}")
         for e in evidence[:_EVIDENCE_IN_ANNOTATION]
     ]
-    body.append(f"decision: {describe_decision(attempt.decision)}")
+    body.append(f"decision: {describe_decision(attempt)}")
     props: dict[str, str | None] = {"title": title}
     position = source_position([e.text for e in evidence], workspace)
     if position is not None:

@@ -107,7 +107,7 @@ def human_summary(summary: Mapping[str, Any]) -> str:
                 lines.append(f"    {where}{e.text}")
         elif not a.failed:
             lines.append("  succeeded")
-        lines.append(f"  decision: {describe_decision(a.decision)}")
+        lines.append(f"  decision: {describe_decision(a)}")
         if a.log:
             lines.append(f"  log: {a.log}")
     return "\n".join(lines) + "\n"
@@ -175,7 +175,7 @@ def step_summary_markdown(summary: Mapping[str, Any], log_tail: Sequence[str] = 
                 "?" if a.max_jobs is None else str(a.max_jobs),
                 format_duration(a.duration_s),
                 md_escape(describe_diagnosis(a.diagnosis)),
-                md_escape(describe_decision(a.decision)),
+                md_escape(describe_decision(a)),
             ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")

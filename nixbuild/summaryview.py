@@ -240,11 +240,16 @@ def describe_diagnosis(diagnosis: DiagnosisView | None) -> str:
     return f"{diagnosis.kind}{rule}"
 
 
-def describe_decision(decision: DecisionView | None) -> str:
+def describe_decision(attempt: AttemptView) -> str:
+    """What nixbuild decided after this attempt, as one phrase."""
+    decision = attempt.decision
     if decision is None:
         return "done"
     after = ""
-    if decision.delay_s:
+    if decision.delay_s and attempt.diagnosis is not None and attempt.diagnosis.kind == "oom":
+        # after out-of-memory the wait is measured: delay_s (oom_delay) is only its bound
+        after = f" once memory is back (at most {format_duration(decision.delay_s)})"
+    elif decision.delay_s:
         after = f" after {format_duration(decision.delay_s)}"
     match decision.action:
         case "retry":
@@ -368,7 +373,7 @@ def failure_block(attempt: AttemptView, log_tail: Sequence[str]) -> list[str]:
         where = f" ({attempt.log})" if attempt.log else ""
         lines.append(f"  last {len(log_tail)} log lines{where}:")
         lines.extend(f"  | {one_line(line)}" for line in log_tail)
-    lines.append(f"nixbuild: decision: {describe_decision(attempt.decision)}")
+    lines.append(f"nixbuild: decision: {describe_decision(attempt)}")
     return _split_lines(lines)
 
 

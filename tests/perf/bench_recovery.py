@@ -375,8 +375,8 @@ def run(
             "settings",
             f"loop sleep {loop_sleep_s:g} s, {loop_tries} tries",
             f"nixbuild waits scaled by the same factor, rounded up: {waits_text} (env "
-            "NIXBUILD_*); its memory polling after OOM (every 0.5 s, two readings) is not a setting "
-            "and not scaled",
+            "NIXBUILD_*); its memory polling after OOM (every 0.5 s, two readings) is not "
+            "a setting and not scaled",
         ),
         c.Row(
             SECTION,
