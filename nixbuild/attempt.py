@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import nixcmd, policy
-from .classify import Classifier
 from .console import Console, progress_text
 from .logstream import LogState, parse_line
 from .model import (
@@ -39,6 +39,9 @@ from .redact import may_hold_secret, redact_argv, redact_line
 from .rundir import RunFiles
 from .summary import iso
 from .watchdog import MemoryWatchdog
+
+if TYPE_CHECKING:
+    from .classify import Classifier
 
 DEADLINE_REACHED = "deadline reached while building"
 
@@ -77,10 +80,14 @@ class LineProcessor:
     write. The benchmarks run this same code (tests/perf/_common.py).
     """
 
-    def __init__(self, files: RunFiles, console: Console) -> None:
+    def __init__(self, files: RunFiles, console: Console, state: LogState | None = None) -> None:
+        # Imported here: the classifier's patterns take ≈25 ms to compile, and LineFanout
+        # builds its processor on its own thread, while nix starts (see _drain).
+        from .classify import Classifier  # noqa: PLC0415
+
         self.files = files
         self.console = console
-        self.state = LogState()
+        self.state = state or LogState()
         self.classifier = Classifier()
         self.lines = 0
 
@@ -136,9 +143,11 @@ class LineFanout:
         clock: Callable[[], float],
         backlog: int = 50_000,
     ) -> None:
-        self.processor = LineProcessor(files, console)
-        self.state = self.processor.state
-        self.classifier = self.processor.classifier
+        self.files = files
+        self.console = console
+        self.state = LogState()
+        self._processor: LineProcessor | None = None
+        self._ready = threading.Event()
         self.clock = clock
         self.last_activity = clock()
         self.backlog = backlog
@@ -164,13 +173,29 @@ class LineFanout:
         self._worker.join()
 
     @property
+    def processor(self) -> LineProcessor:
+        self._ready.wait()
+        if self._processor is None:
+            raise RuntimeError("the log fan-out worker failed to start")
+        return self._processor
+
+    @property
+    def classifier(self) -> Classifier:
+        return self.processor.classifier
+
+    @property
     def lines(self) -> int:
         return self.processor.lines
 
     def _drain(self) -> None:
         _lower_priority_of_this_thread()
+        # Built on this thread: the classifier's set-up then overlaps nix's start.
+        try:
+            self._processor = LineProcessor(self.files, self.console, self.state)
+        finally:
+            self._ready.set()  # even on failure: the processor property must not hang
         while (batch := self._queue.get()) is not None:
-            self.processor.process(batch, self.clock())
+            self._processor.process(batch, self.clock())
             with self._count_lock:
                 self._queued -= len(batch)
 
