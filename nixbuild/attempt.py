@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from . import nixcmd, policy
 from .console import Console, progress_text
-from .logstream import LogState, parse_line
+from .logstream import LogState
 from .model import (
     AttemptRecord,
     AttemptSpec,
@@ -92,8 +92,7 @@ class LineProcessor:
         self.lines = 0
 
     def process(self, batch: Sequence[str], now: float) -> None:
-        apply = self.state.apply
-        human = [produced for raw in batch for produced in apply(parse_line(raw))]
+        human = self.state.apply_lines(batch)
         if not human:
             return
         texts = [produced.text for produced in human]

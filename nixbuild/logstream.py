@@ -313,6 +313,45 @@ class LogState:
             return [HumanLine(head + text, _BUILD, drv)]
         return self._apply_other(event)
 
+    def apply_lines(self, raws: Iterable[str]) -> list[HumanLine]:
+        """``apply(parse_line(raw))`` for each raw line, concatenated: the supervisor's path.
+
+        A builder's output line (nearly every line of a big build) is parsed and folded right
+        here, without an event object and two calls per line: a third off the per-line cost.
+        The same steps as ``parse_line``'s fast path and ``apply``'s inline case; a property
+        test holds the three to the same results.
+        """
+        out: list[HumanLine] = []
+        drv_of, tails = self.drv_of, self.tails
+        for raw in raws:
+            if raw.startswith(_BUILD_LINE_HEAD):
+                try:
+                    text, end = scanstring(raw, _BUILD_LINE_START)
+                except (ValueError, IndexError):
+                    out += self.apply(parse_json_line(raw))
+                    continue
+                act_id = _TAIL_IDS.get(raw[end:])
+                if act_id is None:
+                    act_id = _tail_id(raw[end:])
+                if act_id is not None:
+                    if "\x1b" in text:
+                        text = ANSI.sub("", text)
+                    drv = drv_of.get(act_id)
+                    if drv is None:
+                        out += self._build_line(act_id, text)
+                        continue
+                    tail = tails.get(drv)
+                    if tail is None:
+                        tail = self._tail(drv)
+                    tail.append(text)
+                    head = _HEADS.get(drv)
+                    if head is None:
+                        head = _head(drv)
+                    out.append(HumanLine(head + text, _BUILD, drv))
+                    continue
+            out += self.apply(parse_json_line(raw))
+        return out
+
     def _apply_other(self, event: Event) -> list[HumanLine]:
         match event:
             case Start():

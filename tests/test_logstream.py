@@ -184,3 +184,38 @@ def test_fast_path_agrees_with_the_json_parser(text: str, act_id: int, rtype: in
 )
 def test_fast_path_declines_other_shapes(line: str) -> None:
     assert ls.parse_line(line) == ls.parse_json_line(line)
+
+
+def _builder_line(act_id: int, text: str, rtype: int = 101) -> str:
+    fields = {"action": "result", "fields": [text], "id": act_id, "type": rtype}
+    return "@nix " + json.dumps(fields, separators=(",", ":"), sort_keys=True)
+
+
+_STARTS = [
+    '@nix {"action":"start","id":1,"level":3,"parent":0,"text":"building","type":105,'
+    '"fields":["/nix/store/aaaa-demo-1.0.drv","",1,1]}',
+    '@nix {"action":"start","id":2,"level":3,"parent":0,"text":"building","type":105,'
+    '"fields":["/nix/store/bbbb-other-2.0.drv","",1,1]}',
+    '@nix {"action":"start","id":3,"level":4,"parent":2,"text":"child","type":0,"fields":[]}',
+    '@nix {"action":"stop","id":1}',
+]
+_LINES = st.one_of(
+    st.sampled_from(_STARTS),
+    st.builds(
+        _builder_line,
+        st.sampled_from([1, 2, 3, 4]),
+        st.text(max_size=20) | st.just("\x1b[1mbold\x1b[0m"),
+        st.sampled_from([101, 107]),
+    ),
+    st.text(max_size=30),
+    st.just('@nix {"action":"result","fields":["unterminated'),
+)
+
+
+@given(st.lists(_LINES, max_size=40))
+def test_apply_lines_is_the_per_line_path(raws: list[str]) -> None:
+    batched, one_by_one = ls.LogState(), ls.LogState()
+    expected = [human for raw in raws for human in one_by_one.apply(ls.parse_line(raw))]
+    assert batched.apply_lines(raws) == expected
+    assert batched.tails == one_by_one.tails
+    assert batched.drv_of == one_by_one.drv_of

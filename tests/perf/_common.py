@@ -396,8 +396,10 @@ def consume(lines: Iterable[str], run_dir: Path | None = None) -> int:
     """nixbuild's per-line path over ``lines``; returns the human lines produced.
 
     Without ``run_dir``: parse, fold (tails, phases), number, classify, and the verdict at
-    the end — the path issue 8 set its target on. With ``run_dir``: the production code
-    itself, ``attempt.LineProcessor``, in batches of ``BATCH_LINES`` — also redaction, the
+    the end — the path issue 8 set its target on — through the calls the supervisor makes
+    (``LogState.apply_lines`` on a batch, ``Classifier.feed_text`` per line). With
+    ``run_dir``: the production code itself, ``attempt.LineProcessor``, in batches of
+    ``BATCH_LINES`` — also redaction, the
     attempt log (a real RunFiles under ``run_dir``) and the console (quiet, as with
     --quiet: what a terminal costs is not nixbuild's). Not included: the hand-over from
     the pipe readers to the fan-out thread (one queue operation per batch of lines).
@@ -405,7 +407,7 @@ def consume(lines: Iterable[str], run_dir: Path | None = None) -> int:
     from nixbuild.attempt import LineProcessor
     from nixbuild.classify import Classifier
     from nixbuild.console import Console
-    from nixbuild.logstream import LogState, parse_line
+    from nixbuild.logstream import LogState
     from nixbuild.model import ExitInfo
     from nixbuild.rundir import RunFiles
 
@@ -413,10 +415,19 @@ def consume(lines: Iterable[str], run_dir: Path | None = None) -> int:
         state = LogState()
         classifier = Classifier()
         produced_count = 0
+        batch: list[str] = []
         for raw in lines:
-            for produced in state.apply(parse_line(raw.rstrip("\n"))):
-                produced_count += 1
-                classifier.feed_text(produced_count, produced.text, produced.source, produced.drv)
+            batch.append(raw.rstrip("\n"))
+            if len(batch) == BATCH_LINES:
+                for produced in state.apply_lines(batch):
+                    produced_count += 1
+                    classifier.feed_text(
+                        produced_count, produced.text, produced.source, produced.drv
+                    )
+                batch = []
+        for produced in state.apply_lines(batch):
+            produced_count += 1
+            classifier.feed_text(produced_count, produced.text, produced.source, produced.drv)
         classifier.finish(ExitInfo(0, None, None))
         return produced_count
 
@@ -425,7 +436,7 @@ def consume(lines: Iterable[str], run_dir: Path | None = None) -> int:
     files.open_attempt(1)
     processor = LineProcessor(files, Console(quiet=True))
     now = time.monotonic()
-    batch: list[str] = []
+    batch = []
     for raw in lines:
         batch.append(raw.rstrip("\n"))  # the pipe readers strip the line ending
         if len(batch) == BATCH_LINES:
