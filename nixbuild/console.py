@@ -13,7 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .logstream import LogState, drv_name
+from .logevents import drv_name
+from .logstream import LogState
 from .model import LogLine, Source
 
 CLEAR_LINE = "\r\x1b[K"

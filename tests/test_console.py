@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+from nixbuild import logevents as ev
 from nixbuild import logstream as ls
 from nixbuild.console import Console, format_elapsed, progress_text
 from nixbuild.model import LogLine, Source
@@ -12,10 +13,10 @@ from nixbuild.model import LogLine, Source
 def building_state() -> ls.LogState:
     state = ls.LogState()
     drv = "/nix/store/aaaa-python3.12-torch-2.5.1.drv"
-    state.apply(ls.Start(1, ls.ACT_BUILDS, 0, "", None))
-    state.apply(ls.Progress(1, 412, 1031, 1, 0))
-    state.apply(ls.Start(2, ls.ACT_BUILD, 3, f"building '{drv}'", None, (drv,)))
-    state.apply(ls.SetPhase(2, "buildPhase"))
+    state.apply(ev.Start(1, ev.ACT_BUILDS, 0, "", None))
+    state.apply(ev.Progress(1, 412, 1031, 1, 0))
+    state.apply(ev.Start(2, ev.ACT_BUILD, 3, f"building '{drv}'", None, (drv,)))
+    state.apply(ev.SetPhase(2, "buildPhase"))
     return state
 
 

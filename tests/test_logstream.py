@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nixbuild import logevents as ev
 from nixbuild import logstream as ls
 from nixbuild.model import Source
 
@@ -19,7 +20,7 @@ def fold(lines: list[str]) -> tuple[ls.LogState, list[str]]:
     state = ls.LogState()
     human: list[str] = []
     for raw in lines:
-        human.extend(line.text for line in state.apply(ls.parse_line(raw)))
+        human.extend(line.text for line in state.apply(ev.parse_line(raw)))
     return state, human
 
 
@@ -91,8 +92,8 @@ def test_newer_format_parent_links_and_unknown_types_pass_through() -> None:
             }
         ),
     ]
-    events = [ls.parse_line(line) for line in lines]
-    assert isinstance(events[3], ls.Other) and isinstance(events[4], ls.Other)
+    events = [ev.parse_line(line) for line in lines]
+    assert isinstance(events[3], ev.Other) and isinstance(events[4], ev.Other)
     _, human = fold(lines)
     assert "python3.12-torch> [ 1%] Building CXX object" in human
     assert f"error: Cannot build '{drv}'." in human
@@ -114,13 +115,13 @@ def test_newer_format_parent_links_and_unknown_types_pass_through() -> None:
 )
 def test_garbage_never_raises(raw: str) -> None:
     state = ls.LogState()
-    for line in state.apply(ls.parse_line(raw)):
+    for line in state.apply(ev.parse_line(raw)):
         assert isinstance(line.text, str)
 
 
 def test_plain_lines_are_kept_as_build_output() -> None:
     state = ls.LogState()
-    (line,) = state.apply(ls.parse_line("pytest: 3 passed"))
+    (line,) = state.apply(ev.parse_line("pytest: 3 passed"))
     assert line.text == "pytest: 3 passed" and line.source is Source.BUILD
 
 
@@ -128,13 +129,13 @@ def test_tails_are_bounded() -> None:
     drv = "/nix/store/bbbb-chatty-1.0.drv"
     state = ls.LogState(tail_lines=5)
     state.apply(
-        ls.parse_line(
+        ev.parse_line(
             at({"action": "start", "id": 9, "type": 105, "level": 3, "text": "", "fields": [drv]})
         )
     )
     for i in range(10_000):
         state.apply(
-            ls.parse_line(at({"action": "result", "id": 9, "type": 101, "fields": [f"l{i}"]}))
+            ev.parse_line(at({"action": "result", "id": 9, "type": 101, "fields": [f"l{i}"]}))
         )
     assert list(state.tails[drv]) == [f"l{i}" for i in range(9995, 10_000)]
 
@@ -149,15 +150,15 @@ def test_tails_are_bounded() -> None:
     ],
 )
 def test_log_prefix_matches_nix_drvname(drv: str, prefix: str) -> None:
-    assert ls.log_prefix(drv) == prefix
+    assert ev.log_prefix(drv) == prefix
 
 
 def test_tails_are_kept_for_recent_derivations_only() -> None:
     state = ls.LogState(tail_lines=2, max_tails=3)
     for n in range(10):
         drv = f"/nix/store/h{n}-pkg{n}-1.0.drv"
-        state.apply(ls.Start(n, ls.ACT_BUILD, 3, "", None, (drv,)))
-        state.apply(ls.BuildLogLine(n, f"line of {n}"))
+        state.apply(ev.Start(n, ev.ACT_BUILD, 3, "", None, (drv,)))
+        state.apply(ev.BuildLogLine(n, f"line of {n}"))
     assert [d.rsplit("-", 2)[-2] for d in state.tails] == ["pkg7", "pkg8", "pkg9"]
 
 
@@ -169,8 +170,8 @@ def test_fast_path_agrees_with_the_json_parser(text: str, act_id: int, rtype: in
         separators=(",", ":"),
         sort_keys=True,
     )
-    event = ls.parse_line(line)
-    assert event == ls.parse_json_line(line) == ls.BuildLogLine(act_id, ls.strip_ansi(text))
+    event = ev.parse_line(line)
+    assert event == ev.parse_json_line(line) == ev.BuildLogLine(act_id, ev.strip_ansi(text))
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,7 @@ def test_fast_path_agrees_with_the_json_parser(text: str, act_id: int, rtype: in
     ],
 )
 def test_fast_path_declines_other_shapes(line: str) -> None:
-    assert ls.parse_line(line) == ls.parse_json_line(line)
+    assert ev.parse_line(line) == ev.parse_json_line(line)
 
 
 def _builder_line(act_id: int, text: str, rtype: int = 101) -> str:
@@ -215,7 +216,7 @@ _LINES = st.one_of(
 @given(st.lists(_LINES, max_size=40))
 def test_apply_lines_is_the_per_line_path(raws: list[str]) -> None:
     batched, one_by_one = ls.LogState(), ls.LogState()
-    expected = [human for raw in raws for human in one_by_one.apply(ls.parse_line(raw))]
+    expected = [human for raw in raws for human in one_by_one.apply(ev.parse_line(raw))]
     assert batched.apply_lines(raws) == expected
     assert batched.tails == one_by_one.tails
     assert batched.drv_of == one_by_one.drv_of

@@ -18,7 +18,7 @@ import bench_recovery
 import pytest
 import run_all
 
-from nixbuild.logstream import BuildLogLine, Plain, parse_line
+from nixbuild.logevents import BuildLogLine, Plain, parse_line
 
 
 def test_generated_log_has_exactly_the_lines_asked_for_and_all_are_internal_json() -> None:
