@@ -6,7 +6,7 @@ through ``parse_line`` → ``LogState.apply`` → ``Classifier.feed`` → ``fini
 its own peak RSS (VmHWM). A run with 0 lines gives the baseline (interpreter,
 imports). Memory should be flat: only bounded tails and bounded evidence are kept.
 
-    .venv/bin/python tests/perf/bench_memory.py [--lines 1000000,3000000]
+    .venv/bin/python tests/perf/bench_memory.py [--lines 1000000,10000000]
     .venv/bin/python tests/perf/bench_memory.py --full      # the 1 M and 10 M
 
 Figures are printed, never asserted.
@@ -94,7 +94,7 @@ def run(sizes: list[int]) -> list[c.Row]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--memory-lines",
-        default="1000000,3000000",
+        default="1000000,10000000",
         help="comma-separated log sizes, each in a fresh process",
     )
 
@@ -102,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--lines", dest="memory_lines", default="1000000,3000000")
+    parser.add_argument("--lines", dest="memory_lines", default="1000000,10000000")
     parser.add_argument("--full", action="store_true", help="the issue's sizes: 1 M and 10 M")
     args = parser.parse_args()
     if args.child is not None:
