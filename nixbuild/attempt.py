@@ -152,6 +152,7 @@ class LineFanout:
         self.backlog = backlog
         self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._queued = 0  # lines queued and not yet processed
+        self.readers_waited_s = 0.0  # how long the pipe readers waited for the worker
         self._count_lock = threading.Lock()  # two pipe readers and the worker update it
         self._worker = threading.Thread(target=self._drain, name="log-fanout", daemon=True)
         self._worker.start()
@@ -163,8 +164,10 @@ class LineFanout:
             self._queued += len(lines)
         self._queue.put(lines)
         if self._queued > self.backlog:
+            started = time.monotonic()
             while self._queued > self.backlog // 2 and self._worker.is_alive():
                 time.sleep(0.005)
+            self.readers_waited_s += time.monotonic() - started
 
     def close(self) -> None:
         """After nix has exited: process every line still queued, then stop the worker."""
@@ -255,6 +258,14 @@ class Attempt:
             status, sig, stop_reason = self._watch(proc, fanout, started)
             if stop_reason is not None:
                 external.append(LogLine(0, stop_reason, Source.EXTERNAL))
+            # Whether nix ever had to wait for nixbuild: a full pipe, or readers held back
+            # by the worker (tests/perf/bench_throughput.py reports these for a flood).
+            self.files.event(
+                "log_reading",
+                pipe_peak_bytes=proc.pipe_peak_bytes,
+                pipe_capacity_bytes=proc.pipe_capacity_bytes,
+                readers_waited_s=round(fanout.readers_waited_s, 3),
+            )
         finally:
             fanout.close()
             self.console.done()

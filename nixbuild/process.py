@@ -170,6 +170,10 @@ class Supervised:
         # reads it; sh's default stdin queue is polled every 0.1 s and delayed every exit).
         out_read, out_write = _pipe()
         err_read, err_write = _pipe()
+        self.pipe_capacity_bytes = min(_pipe_size(out_read), _pipe_size(err_read))
+        # The largest read: what had piled up in a pipe since the read before. Below the
+        # capacity, the child never found a pipe full, so it never waited for nixbuild.
+        self.pipe_peak_bytes = 0
         try:
             kwargs.update(_bg=True, _bg_exc=False, _in="", _out=out_write, _err=err_write)
             self._running = cmd(*argv[1:], **kwargs)
@@ -187,7 +191,7 @@ class Supervised:
         self._pumps = [
             threading.Thread(
                 target=_pump,
-                args=(fd, deliver, self._drained, self._errors),
+                args=(fd, deliver, self._drained, self._errors, self._saw_read),
                 name=f"pump-{name}",
                 daemon=True,
             )
@@ -200,6 +204,9 @@ class Supervised:
         # waits for the output threads, so every line was delivered) and sets an event.
         self._exited = threading.Event()
         threading.Thread(target=self._reap, name="nixbuild-reap", daemon=True).start()
+
+    def _saw_read(self, size: int) -> None:
+        self.pipe_peak_bytes = max(self.pipe_peak_bytes, size)
 
     def _reap(self) -> None:
         try:
@@ -260,6 +267,13 @@ def _pipe() -> tuple[int, int]:
     return read_fd, write_fd
 
 
+def _pipe_size(fd: int) -> int:
+    try:
+        return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
+    except (OSError, AttributeError):
+        return 64 * 1024  # Linux's default; elsewhere only an estimate
+
+
 def _hand_over(deliver: LinesCallback, lines: list[str], errors: list[BaseException]) -> None:
     # A consumer that raised gets nothing more, but the pipe is still drained: a pump that
     # stopped reading would leave nix blocked on a full pipe for ever.
@@ -272,7 +286,11 @@ def _hand_over(deliver: LinesCallback, lines: list[str], errors: list[BaseExcept
 
 
 def _pump(
-    fd: int, deliver: LinesCallback, stop: threading.Event, errors: list[BaseException]
+    fd: int,
+    deliver: LinesCallback,
+    stop: threading.Event,
+    errors: list[BaseException],
+    saw_read: Callable[[int], None],
 ) -> None:
     """Read a child's pipe until end of file, handing over whole lines in batches.
 
@@ -290,6 +308,7 @@ def _pump(
             chunk = os.read(fd, _READ_SIZE)
             if not chunk:
                 break
+            saw_read(len(chunk))
             lines = (pending + decoder.decode(chunk)).split("\n")
             pending = lines.pop()
             if lines:

@@ -131,3 +131,16 @@ def test_a_grandchild_holding_the_pipe_does_not_hold_up_the_exit() -> None:
     assert time.monotonic() - started < 15  # the 2 s drain grace, not the grandchild's 30 s
     assert out == ["first"]
     child.stop(grace_s=1)  # the orphaned sleep is in the child's group: end it
+
+
+def test_the_pipes_report_their_capacity_and_the_largest_read() -> None:
+    seen: list[str] = []
+    child = Supervised(
+        ["bash", "-c", "head -c 300000 /dev/zero | tr '\\0' 'x' | fold -w 99"],
+        on_stdout=seen.extend,
+        on_stderr=seen.extend,
+    )
+    assert child.wait(timeout=60) == (0, None)
+    assert child.pipe_capacity_bytes == 1 << 20  # asked for with F_SETPIPE_SZ
+    assert 0 < child.pipe_peak_bytes <= child.pipe_capacity_bytes
+    assert len(seen) == 300000 // 99 + 1

@@ -23,6 +23,7 @@ Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -35,6 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c  # a script directory, not a package
+
+from nixbuild.nixcmd import LOG_ARGS
 
 SECTION = "log throughput"
 SECTION_CPU = "CPU share, real chatty build"
@@ -162,9 +165,9 @@ def run_observed(argv: list[str], env: dict[str, str], nix_is_top: bool) -> Buil
     return BuildCpu(wall, top_self, nix_self, builder, builder_wall, peak_kib / 1024)
 
 
-# nix's own flags for a log nixbuild reads (nixcmd.LOG_ARGS): with these, nix formats
-# every builder line as internal-json, work it does not do for a bare `nix build`.
-NIXBUILD_LOG_ARGS = ("-L", "--log-format", "internal-json")
+# nix's own flags for a log nixbuild reads: with these, nix formats every builder line as
+# internal-json, work it does not do for a bare `nix build`.
+NIXBUILD_LOG_ARGS = LOG_ARGS
 
 
 def chatty_rows(lines: int, root: Path, rounds: int = 3) -> list[c.Row]:
@@ -207,6 +210,7 @@ def chatty_rows(lines: int, root: Path, rounds: int = 3) -> list[c.Row]:
     def med(name: str, field: str) -> float:
         return c.median(getattr(run, field) for run in runs[name])
 
+    reading = _log_reading(root / "logs")
     nb_cpu, nb_nix, builder = (
         med("nixbuild", f) for f in ("top_self_s", "nix_self_s", "builder_s")
     )
@@ -226,8 +230,7 @@ def chatty_rows(lines: int, root: Path, rounds: int = 3) -> list[c.Row]:
             "nix CPU: under nixbuild / same log flags to /dev/null / bare",
             f"{nb_nix:.2f} s / {med('same-log', 'nix_self_s'):.2f} s / "
             f"{med('bare', 'nix_self_s'):.2f} s",
-            "with nixbuild's log flags (-L --log-format internal-json) nix encodes every "
-            "line as JSON",
+            f"with nixbuild's log flags ({' '.join(LOG_ARGS)}) nix encodes every line as JSON",
         ),
         c.Row(
             SECTION_CPU,
@@ -236,6 +239,14 @@ def chatty_rows(lines: int, root: Path, rounds: int = 3) -> list[c.Row]:
             f"{med('same-log', 'builder_wall_s'):.2f} s / {med('bare', 'builder_wall_s'):.2f} s",
             f"under nixbuild / same flags = {blocked:.2f}: above 1 means the builder was "
             "slowed by nixbuild (a log pipe not drained, or CPU taken on a 2-core machine)",
+        ),
+        c.Row(
+            SECTION_CPU,
+            "did nix ever wait for nixbuild? (largest read / pipe size; readers' waits)",
+            reading,
+            "the largest read is what piled up in a pipe between two reads: below the pipe's "
+            "size, nix never found it full; the readers wait only when the worker's queue is "
+            "full (from each run's log_reading event)",
         ),
         c.Row(
             SECTION_CPU,
@@ -251,6 +262,24 @@ def chatty_rows(lines: int, root: Path, rounds: int = 3) -> list[c.Row]:
             "nixbuild's includes its start-up and finish",
         ),
     ]
+
+
+def _log_reading(log_dir: Path) -> str:
+    """The nixbuild runs' ``log_reading`` events, summed up: worst pipe fill, total waits."""
+    peaks, capacities, waits = [], [], []
+    for events in log_dir.glob("*/events.jsonl"):
+        for line in events.read_text().splitlines():
+            event = json.loads(line)
+            if event.get("event") == "log_reading":
+                peaks.append(event["pipe_peak_bytes"])
+                capacities.append(event["pipe_capacity_bytes"])
+                waits.append(event["readers_waited_s"])
+    if not peaks:
+        return "no log_reading events"
+    return (
+        f"{max(peaks) / 1024:,.0f} KiB / {min(capacities) / 1024:,.0f} KiB; "
+        f"{sum(waits):.2f} s in {len(peaks)} runs"
+    )
 
 
 def run(lines: int, chatty_lines: int) -> list[c.Row]:
