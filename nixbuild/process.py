@@ -5,9 +5,14 @@ Two shapes:
 * ``run_capture`` for short commands whose whole output is small (``nix --version``,
   ``nix eval``, ``systemctl --user …``).
 * ``Supervised`` for a build: the child gets its own session (so its whole process group
-  can be signalled, and a terminal's Ctrl-C reaches only us), its stdout and stderr are
-  handed to callbacks line by line as they arrive, and ``stop`` tears the group down
-  TERM → grace period → KILL so no builder outlives nixbuild.
+  can be signalled, and a terminal's Ctrl-C reaches only us), its stdout and stderr go to
+  pipes of our own whose whole lines are handed to callbacks in batches as they arrive,
+  and ``stop`` tears the group down TERM → grace period → KILL so no builder outlives
+  nixbuild.
+
+sh starts every process; nothing here waits on a polling loop of sh's (its timeouts, its
+stdin queue and its timed waits each poll every 0.1 s, which once made every command and
+every attempt 0.1 s longer).
 """
 
 from __future__ import annotations
