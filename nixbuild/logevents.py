@@ -125,40 +125,52 @@ def _int(value: object, default: int = 0) -> int:
 # The one shape that makes up nearly all of a big build's log, as nix prints it (its JSON
 # keys come sorted): a builder's output line. Recognised without a full JSON parse, which
 # roughly doubles the throughput of the hot path; any other spelling takes the general path.
-BUILD_LINE_HEAD = '@nix {"action":"result","fields":["'
-BUILD_LINE_START = len(BUILD_LINE_HEAD)
+_BUILD_LINE_HEAD = '@nix {"action":"result","fields":["'
+_BUILD_LINE_START = len(_BUILD_LINE_HEAD)
 _BUILD_LINE_TAIL = re.compile(r'\],"id":(\d+),"type":10[17]\}$')
 # What follows the text (`],"id":2001,"type":101}`) → the activity id. A build has few
 # activities, so after the first line of each this is a dict lookup instead of a regex
 # match and an int(); cleared when full, so it stays small whatever the build.
-TAIL_IDS: dict[str, int] = {}
+_TAIL_IDS: dict[str, int] = {}
 _MAX_TAIL_IDS = 1024
 
 
-def new_tail_id(tail: str) -> int | None:
+def _new_tail_id(tail: str) -> int | None:
     match = _BUILD_LINE_TAIL.match(tail)
     if match is None:
         return None
-    if len(TAIL_IDS) >= _MAX_TAIL_IDS:
-        TAIL_IDS.clear()
-    act_id = TAIL_IDS[tail] = int(match.group(1))
+    if len(_TAIL_IDS) >= _MAX_TAIL_IDS:
+        _TAIL_IDS.clear()
+    act_id = _TAIL_IDS[tail] = int(match.group(1))
     return act_id
+
+
+def build_line_parts(line: str) -> tuple[int, str] | None:
+    """A builder's output line as nix writes it → (activity id, text); None for any other.
+
+    The fast path for nearly every line of a big build: the text is read with json's own
+    string scanner and the id from a memo of the line's fixed tail, without decoding the
+    whole object. None sends the line to ``parse_json_line``, which decides.
+    """
+    if not line.startswith(_BUILD_LINE_HEAD):
+        return None
+    try:
+        text, end = scanstring(line, _BUILD_LINE_START)
+    except (ValueError, IndexError):
+        return None
+    tail = line[end:]
+    act_id = _TAIL_IDS.get(tail)
+    if act_id is None:
+        act_id = _new_tail_id(tail)
+    if act_id is None:
+        return None
+    return act_id, ANSI.sub("", text) if "\x1b" in text else text
 
 
 def parse_line(line: str) -> Event:
     """Parse one line of nix's stderr. Never raises."""
-    if line.startswith(BUILD_LINE_HEAD):
-        try:
-            text, end = scanstring(line, BUILD_LINE_START)
-        except (ValueError, IndexError):
-            return parse_json_line(line)
-        tail = line[end:]
-        act_id = TAIL_IDS.get(tail)
-        if act_id is None:
-            act_id = new_tail_id(tail)
-        if act_id is not None:
-            return BuildLogLine(act_id, ANSI.sub("", text) if "\x1b" in text else text)
-    return parse_json_line(line)
+    parts = build_line_parts(line)
+    return parse_json_line(line) if parts is None else BuildLogLine(*parts)
 
 
 def parse_json_line(line: str) -> Event:

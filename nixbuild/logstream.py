@@ -11,17 +11,12 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from json.decoder import scanstring  # type: ignore[attr-defined]
 
 from .logevents import (
     ACT_BUILD,
     ACT_BUILDS,
-    ANSI,
-    BUILD_LINE_HEAD,
-    BUILD_LINE_START,
     HEADS,
     LVL_INFO,
-    TAIL_IDS,
     BuildLogLine,
     Event,
     Message,
@@ -30,9 +25,9 @@ from .logevents import (
     SetPhase,
     Start,
     Stop,
+    build_line_parts,
     log_prefix,
     new_head,
-    new_tail_id,
     parse_json_line,
     parse_line,
     strip_ansi,
@@ -85,58 +80,24 @@ class LogState:
 
     def apply(self, event: Event) -> list[HumanLine]:
         """Update state; return the human log lines this event contributes."""
-        if type(event) is BuildLogLine:  # nearly every event: handled inline, for speed
-            text = event.text
-            drv = self.drv_of.get(event.id)  # the usual case: the build activity itself
-            if drv is None:
-                return self._build_line(event.id, text)
-            tail = self.tails.get(drv)
-            if tail is None:
-                tail = self._tail(drv)
-            tail.append(text)
-            head = HEADS.get(drv)
-            if head is None:
-                head = new_head(drv)
-            return [HumanLine(head + text, _BUILD, drv)]
+        if type(event) is BuildLogLine:  # nearly every event: tested first, for speed
+            return [self._fold_build_text(event.id, event.text)]
         return self._apply_other(event)
 
     def apply_lines(self, raws: Iterable[str]) -> list[HumanLine]:
         """``apply(parse_line(raw))`` for each raw line, concatenated: the supervisor's path.
 
-        A builder's output line (nearly every line of a big build) is parsed and folded right
-        here, without an event object and two calls per line: a third off the per-line cost.
-        The same steps as ``parse_line``'s fast path and ``apply``'s inline case; a property
-        test holds the three to the same results.
+        A builder's output line (nearly every line of a big build) is folded straight from
+        its parts, without an event object and a second call per line; a property test
+        holds this to the per-line path.
         """
         out: list[HumanLine] = []
-        drv_of, tails = self.drv_of, self.tails
         for raw in raws:
-            if raw.startswith(BUILD_LINE_HEAD):
-                try:
-                    text, end = scanstring(raw, BUILD_LINE_START)
-                except (ValueError, IndexError):
-                    out += self.apply(parse_json_line(raw))
-                    continue
-                act_id = TAIL_IDS.get(raw[end:])
-                if act_id is None:
-                    act_id = new_tail_id(raw[end:])
-                if act_id is not None:
-                    if "\x1b" in text:
-                        text = ANSI.sub("", text)
-                    drv = drv_of.get(act_id)
-                    if drv is None:
-                        out += self._build_line(act_id, text)
-                        continue
-                    tail = tails.get(drv)
-                    if tail is None:
-                        tail = self._tail(drv)
-                    tail.append(text)
-                    head = HEADS.get(drv)
-                    if head is None:
-                        head = new_head(drv)
-                    out.append(HumanLine(head + text, _BUILD, drv))
-                    continue
-            out += self.apply(parse_json_line(raw))
+            parts = build_line_parts(raw)
+            if parts is None:
+                out += self.apply(parse_json_line(raw))
+            else:
+                out.append(self._fold_build_text(*parts))
         return out
 
     def _apply_other(self, event: Event) -> list[HumanLine]:
@@ -149,7 +110,7 @@ class LogState:
                 if drv is not None:
                     self.phase_of.pop(drv, None)
             case BuildLogLine(id=act_id, text=text):  # a subclass
-                return self._build_line(act_id, text)
+                return [self._fold_build_text(act_id, text)]
             case SetPhase(id=act_id, phase=phase):
                 drv = self._drv_for(act_id)
                 if drv is not None:
@@ -178,11 +139,13 @@ class LogState:
             return [HumanLine(event.text, _NIX)]
         return []
 
-    def _build_line(self, act_id: int, text: str) -> list[HumanLine]:
-        """The general form of the inline case in ``apply``: ``act_id`` may be a child."""
-        drv = self._drv_for(act_id)
+    def _fold_build_text(self, act_id: int, text: str) -> HumanLine:
+        """A builder's line: into its derivation's tail, and out as ``name> text``."""
+        drv = self.drv_of.get(act_id)  # the usual case: the build activity itself
         if drv is None:
-            return [HumanLine(text, _BUILD)]
+            drv = self._drv_for(act_id)  # a child activity (newer nix), or none at all
+            if drv is None:
+                return HumanLine(text, _BUILD)
         tail = self.tails.get(drv)
         if tail is None:
             tail = self._tail(drv)
@@ -190,7 +153,7 @@ class LogState:
         head = HEADS.get(drv)
         if head is None:
             head = new_head(drv)
-        return [HumanLine(head + text, _BUILD, drv)]
+        return HumanLine(head + text, _BUILD, drv)
 
     def _tail(self, drv: str) -> deque[str]:
         tail = self.tails.get(drv)
