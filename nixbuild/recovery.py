@@ -82,9 +82,9 @@ def wait_for_memory(
     sleep: Callable[[float], None],
     clock: Callable[[], float],
     max_wait_s: float,
-    min_wait_s: float = 1.0,
-    poll_s: float = 1.0,
-    readings: int = 2,
+    min_wait_s: float,
+    poll_s: float,
+    readings: int,
     interrupted: Callable[[], bool] = lambda: False,
 ) -> MemoryRecovery:
     """Wait until available memory is back to ``target_bytes``, measured, not guessed.

@@ -64,6 +64,7 @@ def wait(
         max_wait_s=args["max_wait_s"],
         min_wait_s=args["min_wait_s"],
         poll_s=args["poll_s"],
+        readings=2,
     )
     return result, t, taken
 
@@ -110,6 +111,9 @@ def test_wait_for_memory_stops_when_interrupted() -> None:
         sleep=t.sleep,
         clock=t.clock,
         max_wait_s=45.0,
+        min_wait_s=1.0,
+        poll_s=1.0,
+        readings=2,
         interrupted=lambda: True,
     )
     assert result.recovered is False and t.now == 0
