@@ -15,7 +15,7 @@ from typing import TextIO
 
 from .logevents import drv_name
 from .logstream import LogState
-from .model import LogLine, Source
+from .model import Source
 
 CLEAR_LINE = "\r\x1b[K"
 
@@ -70,9 +70,6 @@ class Console:
         with self._lock:
             self._write(text)
             self._last_output = now
-
-    def log_line(self, line: LogLine, now: float) -> None:
-        self.log_text(line.text, line.source, now)
 
     def log_text(self, text: str, source: Source, now: float) -> None:
         if self.quiet and (source is not Source.NIX or not text.startswith(("error", "warning"))):

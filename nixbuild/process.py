@@ -205,8 +205,8 @@ class Supervised:
         for pump in self._pumps:
             pump.start()
         # sh's ``wait(timeout=…)`` polls every 0.1 s, so each watchdog tick and the end of
-        # every build paid up to 0.1 s; one thread blocks in sh's untimed wait (which also
-        # waits for the output threads, so every line was delivered) and sets an event.
+        # every build paid up to 0.1 s; one thread blocks in sh's untimed wait, then joins
+        # the pumps (so every line was delivered) and sets an event.
         self._exited = threading.Event()
         threading.Thread(target=self._reap, name="nixbuild-reap", daemon=True).start()
 

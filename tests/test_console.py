@@ -7,7 +7,7 @@ import io
 from nixbuild import logevents as ev
 from nixbuild import logstream as ls
 from nixbuild.console import Console, format_elapsed, progress_text
-from nixbuild.model import LogLine, Source
+from nixbuild.model import Source
 
 
 def building_state() -> ls.LogState:
@@ -29,7 +29,7 @@ def test_terminal_redraws_the_progress_line_under_the_log() -> None:
     out = io.StringIO()
     console = Console(out, tty=True)
     console.tick(building_state(), 5, now=5)
-    console.log_line(LogLine(1, "torch> [ 1%] Building CXX object", Source.BUILD), now=6)
+    console.log_text("torch> [ 1%] Building CXX object", Source.BUILD, now=6)
     console.tick(building_state(), 6, now=6)
     console.done()
     text = out.getvalue()
@@ -44,7 +44,7 @@ def test_plain_output_has_no_ansi_and_heartbeats_only_when_silent() -> None:
     console = Console(out, tty=False, heartbeat_s=30)
     console.start(now=0)
     console.tick(building_state(), 10, now=10)  # 10 s silent: nothing yet
-    console.log_line(LogLine(1, "torch> compiling", Source.BUILD), now=20)
+    console.log_text("torch> compiling", Source.BUILD, now=20)
     console.tick(building_state(), 45, now=45)  # 25 s since the last line: still nothing
     console.tick(building_state(), 51, now=51)  # 31 s: one heartbeat
     console.tick(building_state(), 52, now=52)  # and not again at once
@@ -59,9 +59,9 @@ def test_plain_output_has_no_ansi_and_heartbeats_only_when_silent() -> None:
 def test_quiet_keeps_nix_errors_and_drops_builder_chatter() -> None:
     out = io.StringIO()
     console = Console(out, tty=False, quiet=True)
-    console.log_line(LogLine(1, "torch> compiling", Source.BUILD), now=0)
-    console.log_line(LogLine(2, "building '/nix/store/x.drv'...", Source.NIX), now=0)
-    console.log_line(LogLine(3, "error: builder for 'x' failed", Source.NIX), now=0)
+    console.log_text("torch> compiling", Source.BUILD, now=0)
+    console.log_text("building '/nix/store/x.drv'...", Source.NIX, now=0)
+    console.log_text("error: builder for 'x' failed", Source.NIX, now=0)
     console.say("attempt 1/6 failed: build", now=0)
     assert out.getvalue().splitlines() == [
         "error: builder for 'x' failed",
