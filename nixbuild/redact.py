@@ -109,7 +109,8 @@ def may_hold_secret(text: str) -> bool:
     """Whether ``text`` has any hint of a secret; False means redaction leaves it as it is.
 
     Also asked of a whole batch of log lines joined together: nearly every batch of a
-    build's output has none, and one check for all of them is far cheaper than one a line.
+    build's output has none, and one check for all of them saves the per-call cost of one
+    a line (measured ≈13% of the check; the scans of the text itself remain).
     """
     lowered = text.lower()
     for hint in _HINTS:  # a plain loop: measured faster than any() or one regex for all
