@@ -155,7 +155,13 @@ class LineFanout:
         self.readers_waited_s = 0.0  # how long the pipe readers waited for the worker
         self._count_lock = threading.Lock()  # two pipe readers and the worker update it
         self._worker = threading.Thread(target=self._drain, name="log-fanout", daemon=True)
-        self._worker.start()
+
+    def start(self) -> None:
+        """Start the worker; call it once nix is running. The worker's first job (importing
+        and compiling the classifier, ≈15 ms of Python) then overlaps nix's start instead of
+        competing with the main thread for the GIL while it starts nix."""
+        if self._worker.ident is None:
+            self._worker.start()
 
     def feed(self, lines: list[str]) -> None:
         """Called on the pipe readers' threads: hand the lines over; wait only in a flood."""
@@ -171,6 +177,7 @@ class LineFanout:
 
     def close(self) -> None:
         """After nix has exited: process every line still queued, then stop the worker."""
+        self.start()  # no-op once started; a run where nix could not start has lines too
         self._queue.put(None)
         self._worker.join()
 
@@ -250,6 +257,7 @@ class Attempt:
         watchdog = self._watchdog()
         try:
             proc = Supervised(argv, on_stdout=fanout.feed, on_stderr=fanout.feed, env=cfg.env)
+            fanout.start()
         except OSError as exc:
             fanout.feed([f"nixbuild: could not start nix: {exc}"])
             status: int | None = 127

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import process
+from .nixfacts import nix_version, options_honoured, store_mode, trusted_users, user_and_groups
 
 Reader = Callable[[str], str | None]
 Runner = Callable[[list[str]], process.Completed]
@@ -261,49 +262,6 @@ def free_bytes(path: Path) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-# --- nix ---------------------------------------------------------------------------------
-
-
-def parse_nix_version(text: str) -> str | None:
-    words = text.split()
-    return words[-1] if words and words[-1][:1].isdigit() else None
-
-
-def parse_nix_config(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(" = ")
-        if sep and key and " " not in key.strip():
-            out[key.strip()] = value.strip()
-    return out
-
-
-def store_mode(nix_remote: str | None, state_writable: bool, daemon_socket: bool) -> str:
-    """Whether nix talks to a daemon or opens the store itself (nix's own "auto" rule)."""
-    if nix_remote in ("daemon",) or (nix_remote or "").startswith("unix://"):
-        return "daemon"
-    if nix_remote in (None, "", "auto") and not state_writable and daemon_socket:
-        return "daemon"
-    return "local"
-
-
-def options_honoured(
-    mode: str, user: str, groups: frozenset[str], trusted_users: str | None
-) -> tuple[bool | None, str]:
-    """Whether ``--option`` settings reach the builder. (honoured, why)."""
-    if mode == "local":
-        return True, "nix opens the store itself, so every --option applies"
-    if trusted_users is None:
-        return None, "could not read the daemon's trusted-users"
-    entries = set(trusted_users.split())
-    if "*" in entries or user in entries or any(f"@{g}" in entries for g in groups):
-        return True, f"{user} is a trusted user of the nix daemon"
-    return False, (
-        f"{user} is not in the daemon's trusted-users: cores and max-jobs still apply, "
-        "restricted settings (substituters, sandbox, …) are ignored"
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class MachineFacts:
     mem_total_bytes: int
@@ -325,43 +283,14 @@ class MachineFacts:
         return asdict(self)
 
 
-def _run(runner: Runner, argv: list[str]) -> process.Completed | None:
-    try:
-        return runner(argv)
-    except process.CommandNotFound:
-        return None
-    except Exception:  # a probe must not crash preflight; the fact stays unknown
-        return None
-
-
-def _user_and_groups() -> tuple[str, frozenset[str]]:
-    import grp  # noqa: PLC0415 - POSIX only, like the rest of nixbuild
-    import pwd  # noqa: PLC0415
-
-    user = pwd.getpwuid(os.getuid()).pw_name
-    names = set()
-    for gid in os.getgroups():
-        try:
-            names.add(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            continue
-    return user, frozenset(names)
-
-
-def _trusted_users(runner: Runner) -> str | None:
-    shown = _run(runner, ["nix", "--extra-experimental-features", "nix-command", "show-config"])
-    if shown is None or not shown.ok:
-        shown = _run(runner, ["nix", "config", "show"])
-    config = parse_nix_config(shown.stdout) if shown is not None and shown.ok else {}
-    return config.get("trusted-users")
-
-
 def collect_facts(
     env: Mapping[str, str] | None = None,
     *,
     read: Reader = read_text,
     run: Runner | None = None,
+    version_cache: Path | None = None,
 ) -> MachineFacts:
+    """What preflight and ``doctor`` need to know; ``version_cache``: see nixversion.py."""
     env = os.environ if env is None else env
     runner: Runner = run or (lambda argv: process.run_capture(argv, timeout=30))
     memory = read_memory(read)
@@ -370,12 +299,11 @@ def collect_facts(
     store = Path(env.get("NIX_STORE_DIR") or "/nix/store")
     build = Path(env.get("TMPDIR") or "/tmp")  # nix's own default build dir
 
-    version = mode = None
+    mode = None
     honoured: bool | None = None
     reason = "nix is not installed"
-    done = _run(runner, ["nix", "--version"])
-    if done is not None and done.ok:
-        version = parse_nix_version(done.stdout)
+    version = nix_version(runner, env, version_cache)
+    if version is not None:
         state_dir = Path(env.get("NIX_STATE_DIR") or "/nix/var/nix")
         mode = store_mode(
             env.get("NIX_REMOTE"),
@@ -384,8 +312,8 @@ def collect_facts(
         )
         # Only a daemon's trusted-users matter, and asking nix for its configuration costs
         # a process start before every build: skip it when nix opens the store itself.
-        trusted = None if mode == "local" else _trusted_users(runner)
-        user, groups = _user_and_groups()
+        trusted = None if mode == "local" else trusted_users(runner)
+        user, groups = user_and_groups()
         honoured, reason = options_honoured(mode, user, groups, trusted)
     return MachineFacts(
         mem_total_bytes=memory.total_bytes,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import assess, cidetect, nixcmd, plan, policy, probe, retention
+from . import assess, cidetect, nixcmd, nixfacts, plan, policy, probe, retention
 from . import config as config_mod
 from .attempt import AttemptSettings
 from .console import Console
@@ -115,7 +115,9 @@ def choose_fallback(cfg: config_mod.Config, target: str) -> tuple[str | None, bo
 def preflight(
     cfg: config_mod.Config, console: Console
 ) -> tuple[probe.MachineFacts, assess.Assessment]:
-    facts = probe.collect_facts()
+    facts = probe.collect_facts(
+        version_cache=state_dir_of(cfg) / nixfacts.CACHE_FILENAME,
+    )
     if facts.nix_version is None:
         raise NixMissingError("nix is not installed (not found on PATH)", hint=nixcmd.INSTALL_HINT)
     verdict = assess.assess(facts, assess.thresholds_from(cfg.values), cfg["variant"])

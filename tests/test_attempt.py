@@ -18,7 +18,9 @@ from nixbuild.rundir import RunFiles
 def fanout(tmp_path: Path, backlog: int = 50_000) -> tuple[LineFanout, RunFiles]:
     files = RunFiles(tmp_path, lambda _: None)
     files.open_attempt(1)
-    return LineFanout(files, Console(io.StringIO()), time.monotonic, backlog=backlog), files
+    fan = LineFanout(files, Console(io.StringIO()), time.monotonic, backlog=backlog)
+    fan.start()
+    return fan, files
 
 
 def build_line(act_id: int, text: str) -> str:
@@ -89,6 +91,21 @@ def test_a_batch_is_numbered_redacted_logged_and_classified_in_order(tmp_path: P
     assert diagnosis.kind is Kind.OOM
     evidence = diagnosis.evidence[0]
     assert logged[evidence.line - 1] == evidence.text
+
+
+def test_lines_fed_before_the_worker_starts_are_kept_in_order(tmp_path: Path) -> None:
+    # attempt.py starts nix before the worker (which then imports the classifier while nix
+    # starts): output that arrives first waits in the queue, even beyond the backlog.
+    files = RunFiles(tmp_path, lambda _: None)
+    files.open_attempt(1)
+    fan = LineFanout(files, Console(io.StringIO()), time.monotonic, backlog=10)
+    fan.feed([build_line(1, f"early {i}") for i in range(25)])  # no wait: nobody to wait for
+    fan.start()
+    fan.feed([build_line(1, "late")])
+    fan.close()
+    files.close()
+    log = (tmp_path / "attempt-1.log").read_text().splitlines()
+    assert log == [f"early {i}" for i in range(25)] + ["late"]
 
 
 def test_the_worker_runs_nicer_than_the_pipe_readers(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from nixbuild.assess import GiB, Thresholds, assess
 from nixbuild.cli_service import doctor_command, render_doctor
 from nixbuild.errors import UsageError
 from nixbuild.model import Variant
+from nixbuild.nixfacts import options_honoured, parse_nix_config, parse_nix_version, store_mode
 from nixbuild.probe import (
     MachineFacts,
     Reader,
@@ -23,17 +24,13 @@ from nixbuild.probe import (
     existing_ancestor,
     free_bytes,
     locate_cgroups,
-    options_honoured,
     parse_cfs_quota,
     parse_cpu_max,
     parse_limit,
     parse_meminfo,
-    parse_nix_config,
-    parse_nix_version,
     read_cpu_quota,
     read_memory,
     read_oom_kill_count,
-    store_mode,
     usable_cores,
 )
 

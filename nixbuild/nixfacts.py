@@ -1,0 +1,155 @@
+"""What nixbuild knows about nix: its version, whether it opens the store itself or talks
+to a daemon, and whether that daemon honours our ``--option`` settings.
+
+The version is remembered per nix executable. Every build used to start ``nix --version``
+before the build itself: a process start (15-25 ms here) on every run's critical path, to
+learn something that changes only when the executable does. The answer is kept in the
+state directory, keyed by the executable that ``PATH`` finds: its resolved path and its
+file identity (device, inode, size, mtime). An upgrade replaces the file (a distribution
+package) or the store path behind the symlink (NixOS, a nix profile), and either changes
+the key, so a stale answer is never used. ``nixbuild doctor`` always asks nix afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from . import process
+
+Runner = Callable[[list[str]], process.Completed]
+CACHE_FILENAME = "nix-version.json"
+
+
+def parse_nix_version(text: str) -> str | None:
+    """``nix (Nix) 2.8.0`` → ``2.8.0``; None when the text is not a version line."""
+    words = text.split()
+    return words[-1] if words and words[-1][:1].isdigit() else None
+
+
+def executable_key(env: Mapping[str, str]) -> str | None:
+    """The identity of the ``nix`` that ``PATH`` finds, or None when there is none."""
+    found = shutil.which("nix", path=env.get("PATH", os.defpath))
+    if found is None:
+        return None
+    resolved = Path(found).resolve()
+    try:
+        st = resolved.stat()
+    except OSError:
+        return None
+    return f"{resolved}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def nix_version(run: Runner, env: Mapping[str, str], cache_file: Path | None = None) -> str | None:
+    """The installed nix's version (``2.8.0``), or None when nix is missing or broken.
+
+    With ``cache_file``, a version already read for this very executable is reused; a new
+    answer is stored there. A cache that cannot be read or written is ignored: it only
+    saves time, it never changes an answer.
+    """
+    key = executable_key(env) if cache_file is not None else None
+    if cache_file is not None and key is not None:
+        remembered = _read(cache_file).get(key)
+        if isinstance(remembered, str) and parse_nix_version(remembered):
+            return remembered
+    done = _run(run, ["nix", "--version"])
+    version = parse_nix_version(done.stdout) if done is not None and done.ok else None
+    if version is not None and cache_file is not None and key is not None:
+        _write(cache_file, {key: version})  # one executable at a time: the file stays tiny
+    return version
+
+
+def _read(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write(path: Path, data: dict[str, str]) -> None:
+    """Atomically (a reader never sees half a file); failures are ignored (see above)."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+            Path(tmp).replace(path)
+        except OSError:
+            Path(tmp).unlink()
+            raise
+
+
+# --- store mode and trust ---------------------------------------------------------------
+
+
+def parse_nix_config(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep and key and " " not in key.strip():
+            out[key.strip()] = value.strip()
+    return out
+
+
+def store_mode(nix_remote: str | None, state_writable: bool, daemon_socket: bool) -> str:
+    """Whether nix talks to a daemon or opens the store itself (nix's own "auto" rule)."""
+    if nix_remote in ("daemon",) or (nix_remote or "").startswith("unix://"):
+        return "daemon"
+    if nix_remote in (None, "", "auto") and not state_writable and daemon_socket:
+        return "daemon"
+    return "local"
+
+
+def options_honoured(
+    mode: str, user: str, groups: frozenset[str], trusted_users: str | None
+) -> tuple[bool | None, str]:
+    """Whether ``--option`` settings reach the builder. (honoured, why)."""
+    if mode == "local":
+        return True, "nix opens the store itself, so every --option applies"
+    if trusted_users is None:
+        return None, "could not read the daemon's trusted-users"
+    entries = set(trusted_users.split())
+    if "*" in entries or user in entries or any(f"@{g}" in entries for g in groups):
+        return True, f"{user} is a trusted user of the nix daemon"
+    return False, (
+        f"{user} is not in the daemon's trusted-users: cores and max-jobs still apply, "
+        "restricted settings (substituters, sandbox, …) are ignored"
+    )
+
+
+def _run(runner: Runner, argv: list[str]) -> process.Completed | None:
+    try:
+        return runner(argv)
+    except process.CommandNotFound:
+        return None
+    except Exception:  # a probe must not crash preflight; the fact stays unknown
+        return None
+
+
+def user_and_groups() -> tuple[str, frozenset[str]]:
+    import grp  # noqa: PLC0415 - POSIX only, like the rest of nixbuild
+    import pwd  # noqa: PLC0415
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    names = set()
+    for gid in os.getgroups():
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return user, frozenset(names)
+
+
+def trusted_users(runner: Runner) -> str | None:
+    shown = _run(runner, ["nix", "--extra-experimental-features", "nix-command", "show-config"])
+    if shown is None or not shown.ok:
+        shown = _run(runner, ["nix", "config", "show"])
+    config = parse_nix_config(shown.stdout) if shown is not None and shown.ok else {}
+    return config.get("trusted-users")
