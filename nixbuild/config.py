@@ -8,6 +8,7 @@ file is ``--config PATH``, else ``./nixbuild.toml``, else
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -64,23 +65,32 @@ def _choice(*choices: str) -> Parser:
     return parse
 
 
-_DURATION = re.compile(r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*(?:(\d+)\s*s?)?\s*$")
+# Hours and minutes are whole; seconds may have a fraction (``0.5s``, ``2m7.5s``).
+_DURATION = re.compile(
+    r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$"
+)
+
+
+def _seconds(value: object, *, zero_ok: bool) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number of seconds, got {value}")
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match or not any(match.groups()):
+            raise ValueError(f"expected a duration like 45s, 0.5s, 90m or 2h30m, got {value!r}")
+        hours, minutes, secs = match.groups()
+        seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
+    if seconds < 0 or (seconds == 0 and not zero_ok):
+        raise ValueError(f"must be {'zero or more' if zero_ok else 'positive'}, got {value!r}")
+    return seconds
 
 
 def parse_duration(value: object) -> float:
-    """``90`` (seconds), ``"45s"``, ``"90m"``, ``"2h30m"`` → seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError(f"must be positive, got {value}")
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match or not any(match.groups()):
-        raise ValueError(f"expected a duration like 45s, 90m or 2h30m, got {value!r}")
-    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0:
-        raise ValueError("must be positive")
-    return float(total)
+    """``90`` or ``0.25`` (seconds), ``"45s"``, ``"0.5s"``, ``"1.5"``, ``"90m"``, ``"2h30m"``
+    → seconds; zero and less are refused."""
+    return _seconds(value, zero_ok=False)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
@@ -100,10 +110,8 @@ def parse_size(value: object) -> int:
 
 
 def parse_delay(value: object) -> float:
-    """Like ``parse_duration`` but 0 is allowed: no wait at all."""
-    if value in (0, "0", 0.0):
-        return 0.0
-    return parse_duration(value)
+    """Like ``parse_duration`` but zero (``0``, ``"0s"``) is allowed: no wait at all."""
+    return _seconds(value, zero_ok=True)
 
 
 def _deadline(value: object) -> str:
@@ -146,9 +154,14 @@ OPTIONS: tuple[Option, ...] = (
         "source",
         "preflight choice: source, bin (the -bin fallback), or auto (decided by the machine)",
     ),
-    Option("network_backoff", parse_delay, 30.0, "first network retry window"),
+    Option(
+        "network_backoff",
+        parse_delay,
+        2.0,
+        "first network retry window; each next one is 4 times wider, up to the cap",
+    ),
     Option("network_backoff_cap", parse_delay, 600.0, "widest network retry window"),
-    Option("network_retries", _int_at_least(0), 4, "network retries per variant"),
+    Option("network_retries", _int_at_least(0), 5, "network retries per variant"),
     Option("settle_delay", parse_delay, 5.0, "pause before retrying a build or timeout failure"),
     Option(
         "oom_delay",

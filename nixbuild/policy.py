@@ -57,14 +57,19 @@ MEMORY_POLL_S = 0.5
 MEMORY_TARGET_FRACTION = 0.9
 MEMORY_STABLE_READINGS = 2
 
+# Network backoff windows grow 4-fold per retry, not 2-fold: a few retries must span minutes (a
+# mirror down for a while) and the first must come quickly (a blip). From 2 s: 2, 8, 32, 128,
+# 512 s, so five retries reach 682 s (≈341 s expected); doubling from 2 s would reach 62 s.
+NETWORK_BACKOFF_GROWTH = 4.0
+
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """The knobs of the decision table; defaults follow design.md and issue 4."""
 
-    network_base_s: float = 30.0  # first backoff window; doubles per network retry
+    network_base_s: float = 2.0  # first backoff window, times NETWORK_BACKOFF_GROWTH per retry
     network_cap_s: float = 600.0  # no backoff window is wider than this
-    network_retries: int = 4  # per variant
+    network_retries: int = 5  # per variant: alone, it can use all of max_attempts
     max_oom_failures: int = 3  # OOMs of the source variant before using the fallback
     # Longest pause after out-of-memory (memory settles, swap drains): the next attempt starts
     # as soon as available memory is back (``memory_wait``); 0 starts it at once.
@@ -80,42 +85,32 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, not {self.max_attempts}")
-        counts = {
-            "network_retries": self.network_retries,
-            "max_oom_failures": self.max_oom_failures,
-            "disk_retries": self.disk_retries,
-            "timeout_retries": self.timeout_retries,
-        }
-        for name, value in counts.items():
+        counts = ("network_retries", "max_oom_failures", "disk_retries", "timeout_retries")
+        delays = ("network_base_s", "network_cap_s", "oom_delay_s", "settle_delay_s")
+        for name in counts + delays:
+            value = getattr(self, name)
             if value < 0:
                 raise ConfigError(f"{name} must not be negative, not {value}")
-        delays = {
-            "network_base_s": self.network_base_s,
-            "network_cap_s": self.network_cap_s,
-            "oom_delay_s": self.oom_delay_s,
-            "settle_delay_s": self.settle_delay_s,
-        }
-        for name, seconds in delays.items():
-            if seconds < 0:
-                raise ConfigError(f"{name} must not be negative, not {seconds}")
 
 
 class SeededFullJitter(tenacity.wait_random_exponential):
     """tenacity's full-jitter wait, drawing from an injected ``random.Random``.
 
     ``wait_random_exponential`` draws from the global ``random`` module; a run must be
-    reproducible in tests, so the exponential window still comes from tenacity
-    (``wait_exponential``: multiplier * 2**(attempt-1), capped at ``max``) and only the
-    uniform draw inside it uses ``rng``.
+    reproducible in tests, so the window still comes from tenacity (``wait_exponential``:
+    multiplier * NETWORK_BACKOFF_GROWTH**(attempt-1), capped at ``max``) and only the uniform
+    draw inside it uses ``rng``.
     """
 
     def __init__(self, *, multiplier: float, cap: float, rng: random.Random) -> None:
-        super().__init__(multiplier=multiplier, max=cap)
+        super().__init__(multiplier=multiplier, max=cap, exp_base=NETWORK_BACKOFF_GROWTH)
         self._rng = rng
 
+    def window(self, retry_state: tenacity.RetryCallState) -> float:
+        return float(tenacity.wait_exponential.__call__(self, retry_state))
+
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        high = tenacity.wait_exponential.__call__(self, retry_state)
-        return self._rng.uniform(self.min, high)
+        return self._rng.uniform(self.min, self.window(retry_state))
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +141,18 @@ def memory_wait(kind: Kind, decision: Decision) -> MemoryWait | None:
 
 
 def backoff_window(retry_number: int, cfg: PolicyConfig) -> float:
-    """The upper bound of the ``retry_number``-th (1-based) network backoff."""
-    strategy = tenacity.wait_exponential(multiplier=cfg.network_base_s, max=cfg.network_cap_s)
-    return float(strategy(_call_state(retry_number)))
+    """The upper bound of the ``retry_number``-th (1-based) network backoff: min(cap, base *
+    NETWORK_BACKOFF_GROWTH**(retry_number-1)), by default 2, 8, 32, 128, 512, then 600 s."""
+    return _jitter(cfg, random.Random(0)).window(_call_state(retry_number))  # draws nothing
 
 
 def backoff_delay(retry_number: int, cfg: PolicyConfig, rng: random.Random) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**(retry_number-1))]."""
-    strategy = SeededFullJitter(multiplier=cfg.network_base_s, cap=cfg.network_cap_s, rng=rng)
-    return float(strategy(_call_state(retry_number)))
+    """Full jitter: uniform in [0, ``backoff_window(retry_number, cfg)``], drawn from ``rng``."""
+    return float(_jitter(cfg, rng)(_call_state(retry_number)))
+
+
+def _jitter(cfg: PolicyConfig, rng: random.Random) -> SeededFullJitter:
+    return SeededFullJitter(multiplier=cfg.network_base_s, cap=cfg.network_cap_s, rng=rng)
 
 
 def _call_state(attempt_number: int) -> tenacity.RetryCallState:
@@ -295,14 +293,12 @@ def _build(failures: _Failures, current: AttemptSpec, cfg: PolicyConfig) -> Deci
     lower = lower_parallelism(current)
     if failed <= 1 and lower is not None:
         # Parallel-build races (missing make dependencies) exist: one try with less parallelism.
-        return Decision(
-            DEGRADE, cfg.settle_delay_s, lower, "build failed: one more try at lower parallelism"
-        )
+        why = "build failed: one more try at lower parallelism"
+        return Decision(DEGRADE, cfg.settle_delay_s, lower, why)
     fallback = _fallback_spec(current, cfg)
     if fallback is not None:
-        return Decision(
-            FALLBACK, 0.0, fallback, "source build keeps failing: use the prebuilt variant"
-        )
+        why = "source build keeps failing: use the prebuilt variant"
+        return Decision(FALLBACK, 0.0, fallback, why)
     where = "at cores 1, max-jobs 1" if lower is None else "again at lower parallelism"
     suffix = "" if current.variant is Variant.BIN else ", and there is no -bin fallback"
     return _give_up(f"build failed {where}{suffix}")
@@ -340,7 +336,7 @@ def exit_code_for(history: Sequence[AttemptRecord], succeeded: bool) -> ExitCode
 def decision_line(record: AttemptRecord, total: int) -> str:
     """The one line per attempt for the console and the structured log.
 
-    ``attempt 2/6 failed: network (rule network.curl-error) → retry with the same options in 12 s``
+    ``attempt 2/6 failed: network (rule network.curl-error) → retry with the same options in 1 s``
     ``attempt 3/6 failed: oom (rule oom.cc1plus-killed) → retry with cores 8→4, max-jobs 1 once
     memory is back (at most 45 s)``
     """

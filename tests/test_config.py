@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,7 +65,13 @@ def test_user_config_dir_is_the_second_choice(tmp_path: Path) -> None:
         ("corse = 4\n", ":1: unknown key 'corse'"),
         ('[jobs.x]\ndeadline = "25:00"\n', ":2: deadline: expected a time of day"),
         ("jobs = 3\n", "`jobs` must be a table"),
-        ('max_duration = "soon"\n', "expected a duration"),
+        ('max_duration = "soon"\n', "expected a duration like 45s, 0.5s, 90m or 2h30m"),
+        ('network_backoff = "0.5.5s"\n', ":1: network_backoff: expected a duration"),
+        ('\nstall_timeout = "1.5m"\n', ":2: stall_timeout: expected a duration"),
+        ('heartbeat = "0.0s"\n', ":1: heartbeat: must be positive, got '0.0s'"),
+        ("grace = -0.5\n", ":1: grace: must be positive, got -0.5"),
+        ("oom_delay = -0.5\n", ":1: oom_delay: must be zero or more, got -0.5"),
+        ("settle_delay = nan\n", ":1: settle_delay: expected a finite number of seconds"),
     ],
 )
 def test_invalid_files_name_file_line_and_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -92,7 +100,58 @@ def test_missing_explicit_config_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("45s", 45), ("90m", 5400), ("2h30m", 9000), (120, 120), ("1h", 3600)]
+    ("text", "seconds"),
+    [
+        ("45s", 45),
+        ("90m", 5400),
+        ("2h30m", 9000),
+        (120, 120),
+        ("1h", 3600),
+        ("0.5s", 0.5),
+        ("1.5", 1.5),
+        (0.25, 0.25),
+        ("2m7.5s", 127.5),
+        (" 0.17 s ", 0.17),
+    ],
 )
 def test_durations(text: object, seconds: float) -> None:
     assert config.parse_duration(text) == seconds
+    assert config.parse_delay(text) == seconds
+
+
+@pytest.mark.parametrize("text", [0, 0.0, "0", "0s", "0.0", "0.00s"])
+def test_a_delay_may_be_zero_in_any_spelling_a_duration_may_not(text: object) -> None:
+    assert config.parse_delay(text) == 0.0
+    with pytest.raises(ValueError, match="must be positive"):
+        config.parse_duration(text)
+
+
+def test_fractional_seconds_in_a_file_and_in_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, 'network_backoff_cap = "0.75s"\noom_delay = 1.5\nheartbeat = "2.5"\n')
+    env = {"HOME": str(tmp_path), "NIXBUILD_NETWORK_BACKOFF": "0.5s"}
+    cfg = config.load({}, environ=env, cwd=tmp_path)
+    assert cfg["network_backoff"] == 0.5
+    assert cfg.sources["network_backoff"] == "NIXBUILD_NETWORK_BACKOFF"
+    assert (cfg["network_backoff_cap"], cfg["oom_delay"], cfg["heartbeat"]) == (0.75, 1.5, 2.5)
+    assert cfg.sources["oom_delay"] == str(path)
+
+
+@pytest.mark.parametrize("value", ["0.5.5s", "-0.5s", "half a second", "1.5m"])
+def test_a_bad_fractional_env_value_is_exit_2_with_a_message_not_a_traceback(
+    tmp_path: Path, value: str
+) -> None:
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "NIXBUILD_NETWORK_BACKOFF": value}
+    done = subprocess.run(
+        [sys.executable, "-m", "nixbuild", "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == ExitCode.USAGE
+    assert "Traceback" not in done.stderr
+    expected = (
+        f"NIXBUILD_NETWORK_BACKOFF: expected a duration like 45s, 0.5s, 90m or 2h30m, got {value!r}"
+    )
+    assert expected in done.stderr

@@ -117,10 +117,17 @@ def test_unknown_is_handled_like_build_when_configured() -> None:
 
 
 def test_network_retries_with_the_same_spec_then_gives_up() -> None:
-    decisions = run([Kind.NETWORK] * 5, PolicyConfig(max_attempts=10))
-    assert actions(decisions) == [RETRY] * 4 + [GIVE_UP]
-    assert all(d.next == SOURCE for d in decisions[:4])
-    assert "after 4 retries" in decisions[-1].reason
+    decisions = run([Kind.NETWORK] * 6, PolicyConfig(max_attempts=10))
+    assert actions(decisions) == [RETRY] * 5 + [GIVE_UP]
+    assert all(d.next == SOURCE for d in decisions[:5])
+    assert decisions[-1].reason == "network still failing after 5 retries"
+
+
+def test_by_default_network_retries_alone_can_use_every_attempt() -> None:
+    decisions = run([Kind.NETWORK] * 6, NO_BIN)
+    assert NO_BIN.network_retries + 1 == NO_BIN.max_attempts
+    assert actions(decisions) == [RETRY] * 5 + [GIVE_UP]
+    assert decisions[-1].reason == "network still failing after 5 retries"
 
 
 def test_network_delays_stay_inside_the_full_jitter_window() -> None:
@@ -128,13 +135,25 @@ def test_network_delays_stay_inside_the_full_jitter_window() -> None:
     for seed in range(30):
         decisions = run([Kind.NETWORK] * 8, cfg, seed=seed)
         for n, d in enumerate(decisions):
-            assert 0 <= d.delay_s <= min(600.0, 30.0 * 2**n)
+            assert 0 <= d.delay_s <= min(600.0, 2.0 * 4**n) == backoff_window(n + 1, cfg)
 
 
-def test_backoff_window_doubles_from_the_base_up_to_the_cap() -> None:
+def test_backoff_window_starts_at_2_s_and_grows_4_fold_up_to_the_cap() -> None:
     windows = [backoff_window(n, NO_BIN) for n in range(1, 8)]
-    assert windows == [30, 60, 120, 240, 480, 600, 600]
+    assert windows == [2, 8, 32, 128, 512, 600, 600]
+    assert sum(windows[: NO_BIN.network_retries]) == 682  # the reach of one variant's retries
     assert backoff_window(1000, NO_BIN) == 600  # no overflow far out
+    scaled = PolicyConfig(network_base_s=0.17, network_cap_s=50.0)
+    assert [backoff_window(n, scaled) for n in range(1, 7)] == pytest.approx(
+        [0.17, 0.68, 2.72, 10.88, 43.52, 50.0]
+    )
+    assert backoff_window(3, PolicyConfig(network_base_s=0.0)) == 0  # NIXBUILD_NETWORK_BACKOFF=0
+
+
+def test_the_first_network_retry_comes_within_2_s() -> None:
+    firsts = [run([Kind.NETWORK], NO_BIN, seed=seed)[0].delay_s for seed in range(200)]
+    assert max(firsts) <= 2.0
+    assert 0.8 < sum(firsts) / len(firsts) < 1.2  # full jitter: uniform over [0, 2 s]
 
 
 def test_backoff_is_deterministic_per_seed_and_differs_across_seeds() -> None:
@@ -142,37 +161,40 @@ def test_backoff_is_deterministic_per_seed_and_differs_across_seeds() -> None:
     again = [backoff_delay(3, NO_BIN, random.Random(seed)) for seed in range(10)]
     assert first == again
     assert len(set(first)) == 10
+    assert all(0 <= d <= 32 for d in first)
     run_a = [d.delay_s for d in run([Kind.NETWORK] * 3, NO_BIN, seed=1)]
     run_b = [d.delay_s for d in run([Kind.NETWORK] * 3, NO_BIN, seed=2)]
+    assert run_a == [d.delay_s for d in run([Kind.NETWORK] * 3, NO_BIN, seed=1)]
     assert run_a != run_b
 
 
 def test_the_jitter_is_a_real_tenacity_wait_strategy() -> None:
     """Inside tenacity's own Retrying loop (sleep injected), the waits follow the window."""
     slept: list[float] = []
-    strategy = SeededFullJitter(multiplier=30.0, cap=600.0, rng=random.Random(3))
+    strategy = SeededFullJitter(multiplier=2.0, cap=600.0, rng=random.Random(3))
     retrying = tenacity.Retrying(
-        wait=strategy, stop=tenacity.stop_after_attempt(6), sleep=slept.append, reraise=True
+        wait=strategy, stop=tenacity.stop_after_attempt(7), sleep=slept.append, reraise=True
     )
     calls = 0
 
     def flaky() -> str:
         nonlocal calls
         calls += 1
-        if calls < 6:
+        if calls < 7:
             raise ConnectionError("mirror down")
         return "ok"
 
     assert retrying(flaky) == "ok"
-    assert len(slept) == 5
-    assert all(0 <= s <= min(600.0, 30.0 * 2**n) for n, s in enumerate(slept))
+    assert len(slept) == 6
+    draws = random.Random(3)  # the same seed: each wait is one draw over its window
+    assert slept == [draws.uniform(0, window) for window in (2, 8, 32, 128, 512, 600)]
 
 
 def test_the_fallback_has_its_own_network_retries() -> None:
     cfg = PolicyConfig(fallback=BIN, max_oom_failures=1, max_attempts=20)
-    decisions = run([Kind.NETWORK] * 4 + [Kind.OOM] + [Kind.NETWORK] * 5, cfg)
-    assert actions(decisions) == [RETRY] * 4 + [FALLBACK] + [RETRY] * 4 + [GIVE_UP]
-    assert all(d.next is not None and d.next.variant is Variant.BIN for d in decisions[4:9])
+    decisions = run([Kind.NETWORK] * 5 + [Kind.OOM] + [Kind.NETWORK] * 6, cfg)
+    assert actions(decisions) == [RETRY] * 5 + [FALLBACK] + [RETRY] * 5 + [GIVE_UP]
+    assert all(d.next is not None and d.next.variant is Variant.BIN for d in decisions[5:11])
 
 
 # --- out of memory ----------------------------------------------------------------------------

@@ -7,11 +7,11 @@ download, its own nixbuild state directory):
   the same factor as the shell loop's sleep (``--loop-sleep`` / the usual 60 s, so 1/12 by
   default): the ``network_backoff``, ``network_backoff_cap``, ``oom_delay`` and
   ``settle_delay`` settings, through their environment twins (``NIXBUILD_OOM_DELAY`` …),
-  rounded *up* to whole seconds because the settings take whole seconds (30 s → 3 s,
-  45 s → 4 s, 5 s → 1 s). What is not a setting is not scaled: after an out-of-memory
-  failure nixbuild polls available memory every second and starts once two readings in a
-  row are back (at least 1 s; ``oom_delay`` is only the longest pause), so that wait is the
-  same here as in a real run.
+  scaled exactly and rounded up to the next 0.01 s, so never shorter than the exact scaling
+  (2 s → 0.17 s, 600 s → 50 s, 45 s → 3.75 s, 5 s → 0.42 s). What is not a setting is not
+  scaled: after an out-of-memory failure nixbuild polls available memory every 0.5 s and
+  starts once two readings in a row are back (at least 0.5 s; ``oom_delay`` is only the
+  longest pause), so that wait is the same here as in a real run.
 * shell loop: ``until nix build X …; do sleep S; done``, run by bash as written, bounded to
   ``--loop-tries`` tries; S = ``--loop-sleep`` (default 5 s instead of the usual 60 s, the
   same in every scenario).
@@ -40,11 +40,16 @@ Scenarios:
   for minutes), compressed to two requests, so the nixbuild and shell-loop runs pass
   ``--option download-attempts 1`` — the same handicap for both, and nixbuild passes it
   through untouched; the oracle passes 3, i.e. it knows the outage is two requests long
-  and gets through it with nix's sub-second backoff. nixbuild's first retry window is
-  ``network_backoff`` (30 s, full jitter, doubling; scaled to 3 s here). That default is
-  kept: by the time nix reports a download failure it has already retried for about 4 s,
-  so what is left is an outage of minutes, and a shorter window would spend the 4 retries
-  within one; a retry costs little (built dependencies stay in the store).
+  and gets through it with nix's sub-second backoff. nixbuild's retry windows start at
+  ``network_backoff`` (2 s) and grow 4-fold up to ``network_backoff_cap`` (600 s): 2, 8,
+  32, 128, 512 s with full jitter, so its first retry comes within 2 s and its five retries
+  reach about 11 min (682 s at most, ≈341 s expected); scaled, 0.17, 0.68, 2.72 … s, so the
+  two 503s here cost at most 0.85 s of waiting. With the default ``download-attempts`` nix
+  has already retried a 503 for about 4 s before it reports the failure, so a blip shorter
+  than that never reaches nixbuild; what does reach it is retried within 2 s, the first
+  three windows are used up within 42 s at most, and it is the last two (128 s, 512 s) that
+  carry a run across an outage of minutes. A retry costs little (built dependencies stay
+  in the store).
 * bin fallback: the fixture's ``alwaysfail`` fails at any parallelism; ``alwaysfail-bin``
   builds. nixbuild derives that fallback itself; the oracle builds ``alwaysfail-bin``.
 
@@ -86,7 +91,7 @@ SECTION = "time to success"
 USUAL_LOOP_SLEEP_S = 60.0
 # nixbuild's defaults for the waits it lets a user configure (nixbuild config).
 WAIT_SETTINGS = {
-    "network_backoff": 30.0,
+    "network_backoff": 2.0,
     "network_backoff_cap": 600.0,
     "oom_delay": 45.0,
     "settle_delay": 5.0,
@@ -343,10 +348,17 @@ def missing_settings() -> list[str]:
 
 
 def scaled_waits(loop_sleep_s: float) -> dict[str, str]:
-    """Each wait setting times loop_sleep / 60 s, rounded up to whole seconds (never shorter
-    than the exact scaling: the rounding does not favour nixbuild)."""
-    factor = loop_sleep_s / USUAL_LOOP_SLEEP_S
-    return {name: f"{max(1, math.ceil(v * factor))}s" for name, v in WAIT_SETTINGS.items()}
+    """Each wait setting times loop_sleep / 60 s, rounded up to the next 0.01 s and at least
+    0.01 s (never shorter than the exact scaling: the rounding does not favour nixbuild)."""
+    return {
+        name: f"{ceil_hundredths(v * loop_sleep_s / USUAL_LOOP_SLEEP_S):g}s"
+        for name, v in WAIT_SETTINGS.items()
+    }
+
+
+def ceil_hundredths(seconds: float) -> float:
+    # Rounded to 1e-6 first, so float noise (50.000000000001) does not add 0.01 s.
+    return max(1, math.ceil(round(seconds * 100, 6))) / 100
 
 
 def run(
@@ -377,7 +389,7 @@ def run(
             SECTION,
             "settings",
             f"loop sleep {loop_sleep_s:g} s, {loop_tries} tries",
-            f"nixbuild waits scaled by the same factor, rounded up: {waits_text} (env "
+            f"nixbuild waits scaled by the same factor, rounded up to 0.01 s: {waits_text} (env "
             "NIXBUILD_*); its memory polling after OOM (every 0.5 s, two readings) is not "
             "a setting and not scaled",
         ),
@@ -454,7 +466,7 @@ def scenario_rows(name: str, results: dict[str, Result]) -> list[c.Row]:
             c.Row(
                 SECTION,
                 f"{name}: nixbuild / oracle",
-                f"{nb.wall_s / oracle.wall_s:.1f}x (+{extra:.1f} s)",
+                f"{nb.wall_s / oracle.wall_s:.1f}x ({extra:+.1f} s)",
                 f"of the extra, {nb.waiting_s:.1f} s are nixbuild's chosen waits and "
                 f"{nb.wasted_s:.1f} s failed attempts; without the waits "
                 f"{working / oracle.wall_s:.1f}x; shell loop {loop_text} (target: 1.3x)",

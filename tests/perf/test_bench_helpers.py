@@ -18,6 +18,7 @@ import bench_recovery
 import pytest
 import run_all
 
+from nixbuild import config
 from nixbuild.logevents import BuildLogLine, Plain, parse_line
 
 
@@ -53,21 +54,33 @@ def test_flaky_server_answers_503_the_given_number_of_times_then_serves_the_file
         assert missing.value.code == 404
 
 
-def test_waits_are_scaled_like_the_loop_sleep_rounded_up_to_whole_seconds() -> None:
+def test_waits_are_scaled_like_the_loop_sleep_rounded_up_to_hundredths() -> None:
     assert bench_recovery.scaled_waits(60) == {
-        "network_backoff": "30s",
+        "network_backoff": "2s",
         "network_backoff_cap": "600s",
         "oom_delay": "45s",
         "settle_delay": "5s",
     }
     assert bench_recovery.scaled_waits(5) == {
-        "network_backoff": "3s",  # 2.5 s, rounded up: never shorter than the exact scaling
-        "network_backoff_cap": "50s",
-        "oom_delay": "4s",
-        "settle_delay": "1s",
+        "network_backoff": "0.17s",  # 0.1666… s, rounded up: never shorter than the exact scaling
+        "network_backoff_cap": "50s",  # exactly 50: float noise does not add 0.01 s
+        "oom_delay": "3.75s",
+        "settle_delay": "0.42s",
     }
-    assert set(bench_recovery.scaled_waits(0.1).values()) <= {"1s", "2s"}
+    assert bench_recovery.scaled_waits(0.1) == {
+        "network_backoff": "0.01s",  # 0.0033 s: at least 0.01 s, never 0 (which means no wait)
+        "network_backoff_cap": "1s",
+        "oom_delay": "0.08s",
+        "settle_delay": "0.01s",
+    }
     assert bench_recovery.missing_settings() == []  # nixbuild has every setting today
+
+
+def test_the_scaled_waits_are_valid_settings_and_start_from_nixbuilds_defaults() -> None:
+    for name, default in bench_recovery.WAIT_SETTINGS.items():
+        assert config.BY_NAME[name].default == default, name
+    for text in bench_recovery.scaled_waits(5).values():
+        assert config.parse_delay(text) == float(text.removesuffix("s"))
 
 
 def test_the_flaky_server_throttles_only_the_successful_answer() -> None:
