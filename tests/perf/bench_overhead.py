@@ -10,9 +10,11 @@
    shortest build it keeps within 1.05x.
    The package is byte-compiled first, as ``pip install`` does: a checkout run with
    PYTHONDONTWRITEBYTECODE would otherwise compile every module on every start.
-2. Startup: ``nixbuild --help``, and the time from starting ``nixbuild build`` to its
-   first exec of nix and to the exec of ``nix … build`` (a ``nix`` shim first on PATH
-   records the moment with bash's $EPOCHREALTIME, then execs the real nix), and which
+2. Startup: ``nixbuild --help``; the floor under every run (Python's start, importing the
+   libraries nixbuild is built on, and the exit); the time from starting ``nixbuild
+   build`` to its first exec of nix and to the exec of ``nix … build`` (a ``nix`` shim
+   first on PATH records the moment with bash's $EPOCHREALTIME, then execs the real nix),
+   and which
    imports cost the most (``python -X importtime``, self time summed per top-level
    package).
 
@@ -221,6 +223,33 @@ def help_time(rounds: int) -> list[c.Row]:
     ]
 
 
+# The libraries nixbuild is built on (pyproject.toml's dependencies), imported by every run.
+LIBRARIES = "click, sh, structlog, tenacity"
+
+
+def library_floor(rounds: int) -> list[c.Row]:
+    """What any run costs before nixbuild's own code: Python's start, importing the
+    libraries nixbuild is built on, and the interpreter's exit (which tears them down)."""
+
+    def timed(code: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return time.perf_counter() - start
+
+    bare = c.median(timed("pass") for _ in range(rounds))
+    floor = c.median(timed(f"import {LIBRARIES}") for _ in range(rounds))
+    return [
+        c.Row(
+            SECTION_START,
+            f"floor: start, import {LIBRARIES}, exit",
+            c.fmt_s(floor),
+            f"median of {rounds} (bare Python {c.fmt_s(bare)}); paid by every run before any "
+            f"of nixbuild's own work, so 1.05x needs builds of {floor / 0.05:.1f} s or longer "
+            "even if the rest cost nothing",
+        )
+    ]
+
+
 def import_costs(top: int = 6) -> list[c.Row]:
     """Which imports make startup slow: self time per top-level package, and the total."""
     done = subprocess.run(
@@ -270,6 +299,7 @@ def run(rounds: int, build_seconds: list[int]) -> list[c.Row]:
         env = c.isolated_env(root / "nix")
         rows = compare(rounds, build_seconds, root, env)
         rows += help_time(rounds)
+        rows += library_floor(rounds)
         rows += time_to_exec(max(3, rounds // 2), root, env)
         rows += import_costs()
         return rows
