@@ -14,9 +14,8 @@
    libraries nixbuild is built on, and the exit); the time from starting ``nixbuild
    build`` to its first exec of nix and to the exec of ``nix … build`` (a ``nix`` shim
    first on PATH records the moment with bash's $EPOCHREALTIME, then execs the real nix),
-   and which
-   imports cost the most (``python -X importtime``, self time summed per top-level
-   package).
+   and which imports cost the most (``python -X importtime``, self time summed per
+   top-level package).
 
     .venv/bin/python tests/perf/bench_overhead.py [--rounds 10]
 
