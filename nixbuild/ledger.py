@@ -20,9 +20,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
 
+from .decisiontext import format_delay
 from .ledger_db import ledger_error, open_db, schema_version
 from .model import AttemptRecord, Kind, Variant
-from .policy import format_delay
 
 LEDGER_FILENAME = "ledger.sqlite3"
 

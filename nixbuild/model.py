@@ -101,6 +101,14 @@ class AttemptSpec:
     variant: Variant = Variant.SOURCE
 
 
+def waits_for_memory(kind: str, delay_s: float) -> bool:
+    """Whether a decision's ``delay_s`` is the longest wait for memory to come back rather
+    than a fixed pause: after out-of-memory, nixbuild polls available memory
+    (policy.memory_wait). One rule for the decision line and the reports (summaryview.py),
+    which read ``summary.json`` and so get the kind as text."""
+    return kind == Kind.OOM and delay_s > 0
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     action: str  # retry | degrade | gc_then_retry | fallback | give_up

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .model import waits_for_memory
+
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
 # Other control characters (BEL, backspace, a stray ESC…): a report shows none of them.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
@@ -245,12 +247,10 @@ def describe_decision(attempt: AttemptView) -> str:
     decision = attempt.decision
     if decision is None:
         return "done"
-    after = ""
-    if decision.delay_s and attempt.diagnosis is not None and attempt.diagnosis.kind == "oom":
-        # after out-of-memory the wait is measured: delay_s (oom_delay) is only its bound
+    kind = attempt.diagnosis.kind if attempt.diagnosis is not None else ""
+    after = f" after {format_duration(decision.delay_s)}" if decision.delay_s else ""
+    if waits_for_memory(kind, decision.delay_s or 0.0):
         after = f" once memory is back (at most {format_duration(decision.delay_s)})"
-    elif decision.delay_s:
-        after = f" after {format_duration(decision.delay_s)}"
     match decision.action:
         case "retry":
             text = f"retry{after}"

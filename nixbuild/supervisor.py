@@ -22,6 +22,7 @@ from typing import TextIO
 from . import nixcmd, policy, probe, recovery
 from .attempt import Attempt, AttemptSettings
 from .console import Console, format_elapsed
+from .decisiontext import decision_line, format_delay
 from .errors import ExitCode
 from .model import AttemptRecord, AttemptSpec, Decision, Diagnosis, Kind, Variant
 from .observers import Observers, RunObserver, RunStart
@@ -75,6 +76,8 @@ class Supervisor:
         self.rng = rng or random.Random()
         self.interrupted_by: int | None = None
         self.deadline_reached = False
+        # What a wait is for, when it is not a plain pause: the status line shows it.
+        self._waiting_for: str | None = None
         self.observers = Observers(observers, self._warn)
 
     def _warn(self, text: str) -> None:
@@ -84,7 +87,8 @@ class Supervisor:
         """Wait, waking at once on a signal, and keep systemd's watchdog and STATUS fed."""
         deadline = time.monotonic() + max(0.0, seconds)
         while (left := deadline - time.monotonic()) > 0 and not self._wake.is_set():
-            self.observers.progress(f"waiting {int(left)} s before the next attempt")
+            waiting = self._waiting_for or f"{format_delay(left)} before the next attempt"
+            self.observers.progress(f"waiting {waiting}")
             self._wake.wait(min(left, 30.0))
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -145,7 +149,7 @@ class Supervisor:
             record = replace(record, decision=decision)
             history.append(record)
             self.observers.attempt_finished(record)
-            line = policy.decision_line(record, total)
+            line = decision_line(record, total)
             self._say_attempt(line)
             files.event(
                 "attempt_decided", attempt=record.number, decision=decision.to_json(), line=line
@@ -235,17 +239,21 @@ class Supervisor:
         """After out-of-memory: poll until available memory is back (``baseline`` is the
         reading before the failed attempt), at most ``wait.max_s``."""
         target = None if baseline is None else int(baseline * wait.fraction)
-        result = recovery.wait_for_memory(
-            target,
-            read_available=self.read_available,
-            sleep=self.sleep,
-            clock=self.clock,
-            max_wait_s=wait.max_s,
-            min_wait_s=wait.min_s,
-            poll_s=wait.poll_s,
-            readings=wait.readings,
-            interrupted=lambda: self.interrupted_by is not None,
-        )
+        self._waiting_for = f"for memory to come back (at most {format_delay(wait.max_s)})"
+        try:
+            result = recovery.wait_for_memory(
+                target,
+                read_available=self.read_available,
+                sleep=self.sleep,
+                clock=self.clock,
+                max_wait_s=wait.max_s,
+                min_wait_s=wait.min_s,
+                poll_s=wait.poll_s,
+                readings=wait.readings,
+                interrupted=lambda: self.interrupted_by is not None,
+            )
+        finally:
+            self._waiting_for = None
         files.event(
             "memory_wait",
             waited_s=round(result.waited_s, 3),
@@ -255,7 +263,7 @@ class Supervisor:
         )
         if result.recovered is False and self.interrupted_by is None:
             self._warn(
-                f"nixbuild: memory has not recovered after {policy.format_delay(wait.max_s)} "
+                f"nixbuild: memory has not recovered after {format_delay(wait.max_s)} "
                 "(oom_delay); starting anyway"
             )
 

@@ -11,6 +11,7 @@ import tenacity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nixbuild.decisiontext import decision_line, format_delay
 from nixbuild.errors import ConfigError, ExitCode
 from nixbuild.model import AttemptRecord, AttemptSpec, Decision, Diagnosis, Kind, Variant
 from nixbuild.policy import (
@@ -26,9 +27,7 @@ from nixbuild.policy import (
     backoff_delay,
     backoff_window,
     decide,
-    decision_line,
     exit_code_for,
-    format_delay,
     interruption,
     memory_wait,
 )
@@ -501,7 +500,11 @@ def test_decision_lines_from_real_decisions() -> None:
     ("seconds", "text"),
     [
         (0, "0 s"),
-        (0.3, "1 s"),
+        (0.01, "0.1 s"),
+        (0.3, "0.3 s"),
+        (2, "2 s"),
+        (7.46, "7.5 s"),
+        (9.96, "10 s"),
         (45, "45 s"),
         (59.6, "1 min"),
         (72.4, "1 min 12 s"),

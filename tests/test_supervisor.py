@@ -12,6 +12,7 @@ from nixbuild.attempt import AttemptSettings
 from nixbuild.console import Console
 from nixbuild.model import AttemptSpec, Decision, Kind, Mode
 from nixbuild.nixcmd import NixInfo
+from nixbuild.observers import BaseObserver
 from nixbuild.policy import DEGRADE, GIVE_UP, MEMORY_POLL_S, OOM_MIN_WAIT_S, RETRY
 from nixbuild.rundir import RunFiles
 from nixbuild.supervisor import RunRequest, Supervisor
@@ -142,3 +143,37 @@ def test_a_signal_during_the_memory_wait_stops_the_run(tmp_path: Path, files: Ru
     assert sup._prepare_next(Decision(DEGRADE, 45.0, LOWER), Kind.OOM, 10 * GiB, files) is None
     assert machine.now - 1_000.0 == OOM_MIN_WAIT_S
     assert "starting anyway" not in out.getvalue()
+
+
+class Statuses(BaseObserver):
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def progress(self, text: str) -> None:
+        self.texts.append(text)
+
+
+def real_sleep_supervisor(tmp_path: Path, machine: Machine) -> tuple[Supervisor, Statuses]:
+    """The supervisor's own (interruptible, status-reporting) sleep, with fake memory."""
+    statuses = Statuses()
+    request = RunRequest(SPEC, tmp_path, AttemptSettings(Mode.BUILD, tmp_path / "result"))
+    sup = Supervisor(
+        request,
+        NixInfo((2, 8, 0)),
+        Console(io.StringIO()),
+        observers=[statuses],
+        read_available=machine.read,
+    )
+    return sup, statuses
+
+
+def test_the_status_says_what_a_wait_is_for(tmp_path: Path, files: RunFiles) -> None:
+    # systemd's STATUS= and the terminal line show this while nixbuild waits (real sleeps).
+    sup, statuses = real_sleep_supervisor(tmp_path, Machine([2 * GiB]))  # memory stays short
+    sup._prepare_next(Decision(DEGRADE, 0.6, LOWER), Kind.OOM, 10 * GiB, files)
+    assert statuses.texts
+    assert set(statuses.texts) == {"waiting for memory to come back (at most 0.6 s)"}
+    statuses.texts.clear()
+    sup._prepare_next(Decision(RETRY, 0.3, SPEC), Kind.NETWORK, 10 * GiB, files)
+    assert statuses.texts and statuses.texts[0].startswith("waiting 0.")
+    assert statuses.texts[0].endswith(" s before the next attempt")
