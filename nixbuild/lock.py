@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +25,15 @@ from types import TracebackType
 from .errors import ExitCode, NixbuildError
 from .redact import redact_argv
 from .systemd import validate_job_name
+
+
+def lock_name(job: str | None, target: str) -> str:
+    """Runs of a job lock the job; other runs lock their installable (name made lock-safe)."""
+    if job:
+        return job
+    digest = hashlib.sha256(target.encode()).hexdigest()[:8]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", target)[:40].strip(".-")  # cut, then tidy
+    return f"{readable}-{digest}" if readable else digest
 
 
 class JobLocked(NixbuildError):

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
-import re
 import socket
 import sys
 from collections.abc import Iterator, Mapping
@@ -29,7 +27,7 @@ from .attempt import AttemptSettings
 from .console import Console
 from .errors import ExitCode, NixMissingError, PreflightRefused, UsageError
 from .ledger import LEDGER_FILENAME, Ledger
-from .lock import JobLock
+from .lock import JobLock, lock_name
 from .model import AttemptSpec, Mode, Variant
 from .observers import HookObserver, LedgerObserver, NotifyObserver, RunObserver
 from .process import CommandNotFound, run_capture
@@ -177,15 +175,6 @@ def first_attempt(
         max_jobs=explicit_jobs,
         remembered=remembered,
     )
-
-
-def lock_name(job: str | None, target: str) -> str:
-    """Runs of a job lock the job; other runs lock their installable (name made lock-safe)."""
-    if job:
-        return job
-    digest = hashlib.sha256(target.encode()).hexdigest()[:8]
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", target).strip(".-")[:40]
-    return f"{readable}-{digest}" if readable else digest
 
 
 @contextlib.contextmanager

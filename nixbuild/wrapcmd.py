@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import PurePath
 
+from . import wrapflags as flags
 from .errors import UsageError
 
 
@@ -147,72 +148,6 @@ def starting_parallelism(
     )
 
 
-# --- option tables --------------------------------------------------------------------------
-# Arity = how many following words an option consumes. Options not listed here (and not of
-# the always-boolean form --no-NAME) are refused: guessing wrong would eat an installable.
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-_BUILD_0 = frozenset({"-k"})  # nix build -k is --keep-going; nix develop -k takes a value
-_COMMON_0 = _words(
-    "-v --verbose --quiet --debug --show-trace --keep-failed -K --fallback --repair "
-    "--impure --offline --refresh --print-build-logs -L --rebuild --keep-going "
-    "--accept-flake-config --no-write-lock-file --recreate-lock-file --commit-lock-file "
-    "--no-update-lock-file --no-registries --derivation --print-out-paths --stdin --sandbox "
-    "--pure-eval --read-only --readonly-mode --check"
-)
-_COMMON_1 = _words(
-    "-o --out-link -f --file --expr -I --include --inputs-from --update-input "
-    "--reference-lock-file --output-lock-file --store --eval-store --builders --system "
-    "--profile --max-silent-time --timeout --substituters --extra-substituters "
-    "--trusted-public-keys --extra-trusted-public-keys --experimental-features "
-    "--extra-experimental-features --access-tokens --extra-access-tokens --log-lines "
-    "--extra-platforms --system-features --extra-system-features --post-build-hook "
-    "--netrc-file --connect-timeout --download-attempts --stalled-download-timeout "
-    "--build-dir --arg-from-stdin"
-)
-_COMMON_2 = _words("--override-input --override-flake --arg --argstr --arg-from-file")
-
-# nix develop: phase flags make it non-interactive; -k/-u/-s take values there.
-_DEVELOP_PHASES = _words("--unpack --configure --build --check --install --installcheck")
-_DEVELOP_0 = frozenset({"-i", "--ignore-environment", *_DEVELOP_PHASES})
-_DEVELOP_1 = _words("--phase -u --unset -k --keep --keep-env-var")
-_DEVELOP_2 = _words("--redirect -s --set-env-var")
-
-_LEGACY_0 = _words(
-    "-v --verbose --quiet --show-trace --keep-failed -K --keep-going -k --fallback --repair "
-    "--check --no-out-link --readonly-mode --impure -E --expr"
-)
-_LEGACY_1 = _words(
-    "-A --attr -o --out-link -I --include --max-silent-time --timeout --store --eval-store "
-    "--builders --system --drv-link --add-root"
-)
-_LEGACY_2 = _words("--arg --argstr")
-
-_CORES = frozenset({"--cores", "--option cores", "--option build-cores"})
-_JOBS = frozenset({"-j", "--max-jobs", "--option max-jobs", "--option build-max-jobs"})
-
-_REFUSED = {
-    "--dry-run": "a dry run builds nothing, so there is nothing to supervise",
-    "--json": "nixbuild writes its own JSON report (use nixbuild's --json PATH)",
-    "--help": "help is not a build",
-    "-h": "help is not a build",
-    "--version": "a version query is not a build",
-    "--stdin": "installables read from stdin cannot be read again for a retry",
-    "--debugger": "the evaluation debugger is interactive",
-}
-
-_OTHER_PROGRAMS = {
-    "nix-shell": "nix-shell starts an interactive shell; use `nix develop -c CMD` instead",
-    "nix-env": "nix-env changes a profile; build with `nix build` instead",
-    "nix-store": "nix-store is not a build command nixbuild can supervise",
-    "nix-instantiate": "instantiating builds nothing",
-}
-
-
 def _refuse(message: str, hint: str | None = None) -> UsageError:
     return UsageError(f"nixbuild run: {message}", hint=hint)
 
@@ -237,7 +172,7 @@ def _parallelism(flag: str, value: str) -> int | None:
     if not value.isdigit():
         raise _refuse(f"{flag} {value!r} is not a number")
     number = int(value)
-    if number == 0 and flag in _JOBS:
+    if number == 0 and flag in flags.JOBS:
         raise _refuse(
             f"{flag} 0 builds nothing locally (remote builders only); nixbuild bounds local builds",
             hint="drop it, or run this command without nixbuild",
@@ -278,11 +213,11 @@ def _arity(tok: str, tables: tuple[frozenset[str], ...]) -> int:
 def _take_over(key: str, words: list[str], st: _State, develop: bool) -> bool:
     """Record an option nixbuild replaces with its own; False when it is the user's to keep."""
     spelled = " ".join(words)
-    if key in _CORES or key in _JOBS:
+    if key in flags.CORES or key in flags.JOBS:
         number = _parallelism(key, words[-1])
         if number is None:
             st.notices.append(f"`{spelled}` means no limit; nixbuild chooses a bounded value")
-        elif key in _CORES:
+        elif key in flags.CORES:
             st.cores = number
         else:
             st.jobs = number
@@ -305,8 +240,8 @@ def _consume(
     """Handle the option at ``tokens[i]``; returns the index after it and its values."""
     tokens[i : i + 1] = _expand_short(tokens[i])
     tok = tokens[i]
-    if tok in _REFUSED:
-        raise _refuse(f"{tok} cannot be supervised: {_REFUSED[tok]}")
+    if tok in flags.REFUSED:
+        raise _refuse(f"{tok} cannot be supervised: {flags.REFUSED[tok]}")
     if develop and tok in ("-c", "--command"):
         if i + 1 >= len(tokens):
             raise _refuse(f"{tok} needs a program to run")
@@ -323,7 +258,7 @@ def _consume(
             st.attrs.append(words[1])
         elif tok in ("-f", "--file"):
             st.file = words[1]
-        st.phase = st.phase or tok in _DEVELOP_PHASES or tok == "--phase"
+        st.phase = st.phase or tok in flags.DEVELOP_PHASES or tok == "--phase"
     return i + 1 + arity
 
 
@@ -351,7 +286,7 @@ def _new_state() -> _State:
 
 def _parse_nix(argv: Sequence[str]) -> WrappedCommand:
     tokens = list(argv[1:])
-    common = (_COMMON_0, _COMMON_1, _COMMON_2)
+    common = (flags.COMMON_0, flags.COMMON_1, flags.COMMON_2)
     lead = _new_state()
     i = 0
     while i < len(tokens) and tokens[i].startswith("-"):
@@ -366,9 +301,13 @@ def _parse_nix(argv: Sequence[str]) -> WrappedCommand:
         raise _refuse(f"`nix {sub}` is not supported (only nix build and nix develop)", hint)
     develop = sub == "develop"
     tables = (
-        (_COMMON_0 | _DEVELOP_0, _COMMON_1 | _DEVELOP_1, _COMMON_2 | _DEVELOP_2)
+        (
+            flags.COMMON_0 | flags.DEVELOP_0,
+            flags.COMMON_1 | flags.DEVELOP_1,
+            flags.COMMON_2 | flags.DEVELOP_2,
+        )
         if develop
-        else (_COMMON_0 | _BUILD_0, _COMMON_1, _COMMON_2)
+        else (flags.COMMON_0 | flags.BUILD_0, flags.COMMON_1, flags.COMMON_2)
     )
     st = _new_state()
     st.cores, st.jobs = lead.cores, lead.jobs
@@ -399,7 +338,7 @@ def _parse_nix(argv: Sequence[str]) -> WrappedCommand:
 
 def _parse_nix_build(argv: Sequence[str]) -> WrappedCommand:
     st = _new_state()
-    _scan(list(argv[1:]), st, (_LEGACY_0, _LEGACY_1, _LEGACY_2), develop=False)
+    _scan(list(argv[1:]), st, (flags.LEGACY_0, flags.LEGACY_1, flags.LEGACY_2), develop=False)
     return WrappedCommand(
         mode=WrapMode.NIX_BUILD,
         program=argv[0],
@@ -424,8 +363,8 @@ def parse_wrapped(argv: Sequence[str]) -> WrappedCommand:
         return _parse_nix(argv)
     if name == "nix-build":
         return _parse_nix_build(argv)
-    if name in _OTHER_PROGRAMS:
-        raise _refuse(_OTHER_PROGRAMS[name])
+    if name in flags.OTHER_PROGRAMS:
+        raise _refuse(flags.OTHER_PROGRAMS[name])
     raise _refuse(
         f"{argv[0]!r} is not a nix build command",
         hint="wrap `nix build …`, `nix develop … --command …` or `nix-build …`",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from conftest import require
 
 from nixbuild.errors import ExitCode, UsageError
-from nixbuild.lock import JobLock, JobLocked, parse_holder
+from nixbuild.lock import JobLock, JobLocked, lock_name, parse_holder
 
 HOLDER = textwrap.dedent(
     """
@@ -243,3 +244,14 @@ def test_sigkill_of_nixbuild_leaves_no_builder(
         assert " success " in history[0] and history[1].endswith(" abandoned"), history
     finally:
         kill_builders(618)
+
+
+def test_lock_names() -> None:
+    # A job locks its name; any other run locks its installable, made safe for a file name.
+    assert lock_name("nightly-torch", "nixpkgs#python3Packages.torch") == "nightly-torch"
+    name = lock_name(None, "path:/src/my flake#packages.x86_64-linux.default")
+    assert re.fullmatch(r"path-src-my-flake-packages\.x86_64-linux-[0-9a-f]{8}", name)  # cut at 40
+    assert lock_name(None, "nixpkgs#hello") != lock_name(None, "nixpkgs#hello^out")
+    assert lock_name(None, "nixpkgs#hello") == lock_name(None, "nixpkgs#hello")
+    assert re.fullmatch(r"[0-9a-f]{8}", lock_name(None, "///"))
+    assert len(lock_name(None, "x" * 500)) == 40 + 1 + 8
