@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from nixbuild.attempt import WORKER_NICENESS, LineFanout, LineProcessor
+from nixbuild.attempt import LineFanout, LineProcessor
 from nixbuild.console import Console
 from nixbuild.model import ExitInfo, Kind
 from nixbuild.rundir import RunFiles
@@ -108,18 +108,15 @@ def test_lines_fed_before_the_worker_starts_are_kept_in_order(tmp_path: Path) ->
     assert log == [f"early {i}" for i in range(25)] + ["late"]
 
 
-def test_the_worker_runs_nicer_than_the_pipe_readers(tmp_path: Path) -> None:
-    # Linux threads have their own nice value: the worker yields the CPU to nix and the
-    # builder, while the threads that drain the pipes keep nixbuild's priority.
+def test_the_worker_keeps_nixbuilds_priority(tmp_path: Path) -> None:
+    # A nicer worker, preempted while holding the GIL, starves the pipe readers (see
+    # LineFanout): it must run at the priority of the threads that drain nix's pipes.
     fan, files = fanout(tmp_path)
-    fan.feed([build_line(1, "hello")])  # the worker lowers its priority as it starts
-    deadline = time.monotonic() + 10
-    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    fan.feed([build_line(1, "hello")])
+    assert fan.processor is not None  # the worker has started and built its processor
     worker = fan._worker.native_id
     assert worker is not None
-    while os.getpriority(os.PRIO_PROCESS, worker) == mine and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, mine + WORKER_NICENESS)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert os.getpriority(os.PRIO_PROCESS, worker) == mine
     fan.close()
     files.close()
