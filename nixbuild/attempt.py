@@ -117,12 +117,12 @@ class LineFanout:
     A sustained flood beyond ``backlog`` queued lines makes the readers wait for the worker
     to catch up, which bounds memory (about 200 bytes a line).
 
-    The worker runs at nixbuild's own priority, on purpose. At nice +10 it took less CPU
-    from a flooding builder (1.2x its time with nix logging to /dev/null, against 1.3x), but
-    a thread that holds the GIL must not be the one the kernel runs last: preempted while
-    holding it, it kept the readers waiting until nix's pipe was nearly full (largest read
-    800-1012 KiB of 1 MiB, against 150-230 KiB at equal priority). That nix never blocks
-    matters more than the builder's last 10%.
+    The worker runs at nixbuild's own priority, on purpose. At nice +10 it was meant to
+    leave more CPU to a flooding builder, which ran 1.2-1.3x as long as with nix logging to
+    /dev/null either way (measurements too noisy to tell them apart), but a thread that
+    holds the GIL must not be the one the kernel runs last: preempted while holding it, it
+    kept the readers waiting until nix's pipe was nearly full (largest read 800-1012 KiB of
+    1 MiB, against 150-230 KiB at equal priority). That nix never blocks comes first.
     """
 
     def __init__(
