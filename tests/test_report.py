@@ -346,7 +346,7 @@ def test_the_supervisors_summary_has_exactly_the_pinned_keys() -> None:
         AttemptRecord(2, degraded, ("nix", "build", ".#torch"), "2026-12-04T01:31:00+00:00", 20.0,
                       0, "attempt-2.log", None, None, ("/nix/store/x-torch",)),
     )  # fmt: skip
-    data = summary_mod.build_summary(
+    data: dict[str, Any] = summary_mod.build_summary(
         "20261204T013000-4f2a", None, Mode.BUILD, first, Path("/build/result"),
         status="success", exit_code=ExitCode.OK, started=0.0, finished=31.0,
         history=records, outputs=("/nix/store/x-torch",),
