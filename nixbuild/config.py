@@ -81,7 +81,12 @@ def _seconds(value: object, *, zero_ok: bool) -> float:
         if not match or not any(match.groups()):
             raise ValueError(f"expected a duration like 45s, 0.5s, 90m or 2h30m, got {value!r}")
         hours, minutes, secs = match.groups()
-        seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
+        try:
+            seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
+        except OverflowError:  # hundreds of digits: an int too large for a float
+            seconds = math.inf
+    if not math.isfinite(seconds):  # float("1" + "0" * 400) is inf, not an error
+        raise ValueError(f"{value!r} is too long a duration")
     if seconds < 0 or (seconds == 0 and not zero_ok):
         raise ValueError(f"must be {'zero or more' if zero_ok else 'positive'}, got {value!r}")
     return seconds
@@ -106,7 +111,10 @@ def parse_size(value: object) -> int:
     if not match:
         raise ValueError(f"expected a size like 512M or 20G, got {value!r}")
     number, unit = float(match.group(1)), match.group(2).upper()
-    return int(number * 1024 ** "_KMGT".index(unit or "_"))
+    size = number * 1024 ** "_KMGT".index(unit or "_")
+    if not math.isfinite(size):
+        raise ValueError(f"{value!r} is too large a size")
+    return int(size)
 
 
 def parse_delay(value: object) -> float:
@@ -254,7 +262,7 @@ def _parse_table(
             )
         try:
             parsed[opt.name] = opt.parse(value)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise ConfigError(f"{_where(path, text, key)}: {key}: {exc}") from None
     return parsed
 
@@ -324,5 +332,5 @@ def load(
 def _checked(opt: Option, raw: object, origin: str) -> tuple[object, str]:
     try:
         return opt.parse(raw), origin
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ConfigError(f"{origin}: {exc}") from None

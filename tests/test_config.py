@@ -72,6 +72,11 @@ def test_user_config_dir_is_the_second_choice(tmp_path: Path) -> None:
         ("grace = -0.5\n", ":1: grace: must be positive, got -0.5"),
         ("oom_delay = -0.5\n", ":1: oom_delay: must be zero or more, got -0.5"),
         ("settle_delay = nan\n", ":1: settle_delay: expected a finite number of seconds"),
+        # Hundreds of digits: float() gives inf (which once let a run crash mid-build on
+        # its first decision line), int() * 3600 too large for a float; both refused.
+        (f'settle_delay = "1{"0" * 400}s"\n', ":1: settle_delay: '1000"),
+        (f'oom_delay = "{"9" * 400}h"\n', "is too long a duration"),
+        (f'keep_size = "1{"0" * 400}G"\n', "is too large a size"),
     ],
 )
 def test_invalid_files_name_file_line_and_problem(tmp_path: Path, text: str, message: str) -> None:
