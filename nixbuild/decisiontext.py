@@ -7,6 +7,8 @@ log and ``nixbuild history``. The reports rendered from ``summary.json`` phrase 
 
 from __future__ import annotations
 
+import math
+
 from .model import AttemptRecord, AttemptSpec, Decision, Kind, Variant
 from .policy import FALLBACK, GC_THEN_RETRY, GIVE_UP, memory_wait
 
@@ -35,9 +37,9 @@ def _describe(decision: Decision, before: AttemptSpec, kind: Kind) -> str:
     if decision.action == GIVE_UP or nxt is None:
         return f"give up: {decision.reason}" if decision.reason else "give up"
     if memory_wait(kind, decision) is not None:
-        when = f" once memory is back (at most {format_delay(decision.delay_s)})"
+        when = f" once memory is back (at most {format_seconds(decision.delay_s)})"
     else:
-        when = f" in {format_delay(decision.delay_s)}" if decision.delay_s > 0 else ""
+        when = f" in {format_seconds(decision.delay_s)}" if decision.delay_s > 0 else ""
     if decision.action == FALLBACK or nxt.installable != before.installable:
         return f"fall back to {nxt.installable}{when}"
     options = _options(before, nxt)
@@ -57,12 +59,14 @@ def _options(before: AttemptSpec, after: AttemptSpec) -> str:
     return f"with {cores}, {one('max-jobs', before.max_jobs, after.max_jobs)}"
 
 
-def format_delay(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
     """``0.4 s``, ``7.5 s``, ``45 s``, ``1 min 12 s``, ``10 min``, ``1 h 5 min``.
 
     Under 10 s to a tenth (the first network retry waits within 2 s, so "1 s" for 0.3 s
     would mislead); a positive delay shows as at least 0.1 s.
     """
+    if not math.isfinite(seconds):  # never from a valid config; a line must not crash
+        return "?"
     if 0 < seconds < 9.95:
         return f"{max(seconds, 0.1):.1f}".removesuffix(".0") + " s"
     total = round(seconds) if seconds > 0 else 0

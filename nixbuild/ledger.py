@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
 
-from .decisiontext import format_delay
+from .decisiontext import format_seconds
 from .ledger_db import ledger_error, open_db, schema_version
 from .model import AttemptRecord, Kind, Variant
 
@@ -113,7 +113,7 @@ def describe_run(row: RunRow) -> str:
         variant = f"{row.variant}, " if row.variant is not None else ""
         outcome += f" ({variant}exit {row.exit_code})"
     if row.duration_s is not None:
-        outcome += f" in {format_delay(row.duration_s)}"
+        outcome += f" in {format_seconds(row.duration_s)}"
     chain = " → ".join(
         f"{'bin:' if a.variant is Variant.BIN else ''}{a.kind or 'ok'}@{a.cores}/{a.max_jobs}"
         for a in row.attempts

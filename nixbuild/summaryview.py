@@ -219,7 +219,8 @@ def clean_text(text: str) -> str:
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    if seconds < 60:
+    if seconds < 59.95:  # what would round to 60.0 reads as a minute; no wait is "0.0s"
+        seconds = 0.1 if 0 < seconds < 0.05 else seconds
         return f"{seconds:.0f}s" if seconds == int(seconds) else f"{seconds:.1f}s"
     total = round(seconds)
     hours, rest = divmod(total, 3600)

@@ -22,7 +22,7 @@ from typing import TextIO
 from . import nixcmd, policy, probe, recovery
 from .attempt import Attempt, AttemptSettings
 from .console import Console, format_elapsed
-from .decisiontext import decision_line, format_delay
+from .decisiontext import decision_line, format_seconds
 from .errors import ExitCode
 from .model import AttemptRecord, AttemptSpec, Decision, Diagnosis, Kind, Variant
 from .observers import Observers, RunObserver, RunStart
@@ -87,7 +87,7 @@ class Supervisor:
         """Wait, waking at once on a signal, and keep systemd's watchdog and STATUS fed."""
         deadline = time.monotonic() + max(0.0, seconds)
         while (left := deadline - time.monotonic()) > 0 and not self._wake.is_set():
-            waiting = self._waiting_for or f"{format_delay(left)} before the next attempt"
+            waiting = self._waiting_for or f"{format_seconds(left)} before the next attempt"
             self.observers.progress(f"waiting {waiting}")
             self._wake.wait(min(left, 30.0))
 
@@ -114,7 +114,13 @@ class Supervisor:
         run_id = new_run_id(datetime.fromtimestamp(started))
         run_dir = create_run_dir(req.log_dir, run_id)
         files = RunFiles(run_dir, self._warn, journal=self.journal)
-        files.event("run_started", run_id=run_id, job=req.job, installable=req.first.installable)
+        files.event(
+            "run_started",
+            run_id=run_id,
+            job=req.job,
+            installable=req.first.installable,
+            nix_version=".".join(map(str, self.nix.version)),
+        )
         self.console.say(f"nixbuild: run {run_id}, logs in {run_dir}", started)
         self.observers.run_started(
             RunStart(run_id, str(run_dir), req.job, req.first.installable, iso(started))
@@ -239,7 +245,7 @@ class Supervisor:
         """After out-of-memory: poll until available memory is back (``baseline`` is the
         reading before the failed attempt), at most ``wait.max_s``."""
         target = None if baseline is None else int(baseline * wait.fraction)
-        self._waiting_for = f"for memory to come back (at most {format_delay(wait.max_s)})"
+        self._waiting_for = f"for memory to come back (at most {format_seconds(wait.max_s)})"
         try:
             result = recovery.wait_for_memory(
                 target,
@@ -263,7 +269,7 @@ class Supervisor:
         )
         if result.recovered is False and self.interrupted_by is None:
             self._warn(
-                f"nixbuild: memory has not recovered after {format_delay(wait.max_s)} "
+                f"nixbuild: memory has not recovered after {format_seconds(wait.max_s)} "
                 "(oom_delay); starting anyway"
             )
 

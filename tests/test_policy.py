@@ -11,7 +11,7 @@ import tenacity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nixbuild.decisiontext import decision_line, format_delay
+from nixbuild.decisiontext import decision_line, format_seconds
 from nixbuild.errors import ConfigError, ExitCode
 from nixbuild.model import AttemptRecord, AttemptSpec, Decision, Diagnosis, Kind, Variant
 from nixbuild.policy import (
@@ -504,7 +504,11 @@ def test_decision_lines_from_real_decisions() -> None:
         (0.3, "0.3 s"),
         (2, "2 s"),
         (7.46, "7.5 s"),
+        (9.949, "9.9 s"),
         (9.96, "10 s"),
+        (-1, "0 s"),
+        (float("nan"), "?"),
+        (float("inf"), "?"),
         (45, "45 s"),
         (59.6, "1 min"),
         (72.4, "1 min 12 s"),
@@ -513,8 +517,8 @@ def test_decision_lines_from_real_decisions() -> None:
         (7200, "2 h"),
     ],
 )
-def test_format_delay(seconds: float, text: str) -> None:
-    assert format_delay(seconds) == text
+def test_format_seconds(seconds: float, text: str) -> None:
+    assert format_seconds(seconds) == text
 
 
 # --- properties over any history --------------------------------------------------------------

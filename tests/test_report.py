@@ -36,7 +36,7 @@ from nixbuild.report import (
     junit_xml,
     step_summary_markdown,
 )
-from nixbuild.summaryview import clean_text
+from nixbuild.summaryview import clean_text, format_duration
 
 GOLDEN = Path(__file__).parent / "golden"
 NAMES = ("success", "retried", "fallback", "failed")
@@ -362,6 +362,24 @@ def test_the_supervisors_summary_has_exactly_the_pinned_keys() -> None:
     validate_junit(junit_xml(data, ("tail",)))
     assert table_rows(md_tokens(step_summary_markdown(data)))[1][6] == "oom (oom.cc1plus-killed)"
     assert str(Variant.SOURCE) == data["variant"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "?"),
+        (0, "0s"),
+        (0.03, "0.1s"),  # a network retry may wait 0.03 s: it did wait, so not "0.0s"
+        (2.5, "2.5s"),
+        (45, "45s"),
+        (59.94, "59.9s"),
+        (59.96, "1m 00s"),  # not "60.0s"
+        (72.4, "1m 12s"),
+        (3725, "1h 02m 05s"),
+    ],
+)
+def test_format_duration(seconds: float | None, text: str) -> None:
+    assert format_duration(seconds) == text
 
 
 def test_non_finite_durations_are_treated_as_unknown() -> None:

@@ -222,12 +222,13 @@ def help_time(rounds: int) -> list[c.Row]:
     ]
 
 
-# The libraries nixbuild is built on (pyproject.toml's dependencies), imported by every run.
+# The libraries nixbuild is built on (pyproject.toml's dependencies); a build uses them all
+# (click parses the command line, sh starts nix, structlog writes events, tenacity backs off).
 LIBRARIES = "click, sh, structlog, tenacity"
 
 
 def library_floor(rounds: int) -> list[c.Row]:
-    """What any run costs before nixbuild's own code: Python's start, importing the
+    """What any build costs before nixbuild's own code: Python's start, importing the
     libraries nixbuild is built on, and the interpreter's exit (which tears them down)."""
 
     def timed(code: str) -> float:
@@ -242,9 +243,9 @@ def library_floor(rounds: int) -> list[c.Row]:
             SECTION_START,
             f"floor: start, import {LIBRARIES}, exit",
             c.fmt_s(floor),
-            f"median of {rounds} (bare Python {c.fmt_s(bare)}); paid by every run before any "
-            f"of nixbuild's own work, so 1.05x needs builds of {floor / 0.05:.1f} s or longer "
-            "even if the rest cost nothing",
+            f"median of {rounds} (bare Python {c.fmt_s(bare)}); paid by every build before "
+            f"any of nixbuild's own work, so 1.05x needs builds of {floor / 0.05:.1f} s or "
+            "longer even if the rest cost nothing",
         )
     ]
 
