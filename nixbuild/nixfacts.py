@@ -7,7 +7,8 @@ learn something that changes only when the executable does. The answer is kept i
 state directory, keyed by the executable that ``PATH`` finds: its resolved path and its
 file identity (device, inode, size, mtime). An upgrade replaces the file (a distribution
 package) or the store path behind the symlink (NixOS, a nix profile), and either changes
-the key, so a stale answer is never used. ``nixbuild doctor`` always asks nix afresh.
+the key, so a stale answer is never used; a ``nix`` that is a wrapper script is asked
+every time. ``nixbuild doctor`` always asks nix afresh.
 """
 
 from __future__ import annotations
@@ -33,13 +34,18 @@ def parse_nix_version(text: str) -> str | None:
 
 
 def executable_key(env: Mapping[str, str]) -> str | None:
-    """The identity of the ``nix`` that ``PATH`` finds, or None when there is none."""
+    """The identity of the ``nix`` that ``PATH`` finds; None when there is none, or when it
+    is a script: a wrapper stays the same file while the nix it runs is upgraded, so its
+    answer is never remembered."""
     found = shutil.which("nix", path=env.get("PATH", os.defpath))
     if found is None:
         return None
     resolved = Path(found).resolve()
     try:
-        st = resolved.stat()
+        with resolved.open("rb") as f:
+            if f.read(2) == b"#!":
+                return None
+            st = os.fstat(f.fileno())
     except OSError:
         return None
     return f"{resolved}:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
@@ -55,8 +61,8 @@ def nix_version(run: Runner, env: Mapping[str, str], cache_file: Path | None = N
     key = executable_key(env) if cache_file is not None else None
     if cache_file is not None and key is not None:
         remembered = _read(cache_file).get(key)
-        if isinstance(remembered, str) and parse_nix_version(remembered):
-            return remembered
+        if isinstance(remembered, str) and parse_nix_version(remembered) == remembered:
+            return remembered  # only what this module wrote: a bare version
     done = _run(run, ["nix", "--version"])
     version = parse_nix_version(done.stdout) if done is not None and done.ok else None
     if version is not None and cache_file is not None and key is not None:

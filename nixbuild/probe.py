@@ -290,7 +290,7 @@ def collect_facts(
     run: Runner | None = None,
     version_cache: Path | None = None,
 ) -> MachineFacts:
-    """What preflight and ``doctor`` need to know; ``version_cache``: see nixversion.py."""
+    """What preflight and ``doctor`` need to know; ``version_cache``: see nixfacts.py."""
     env = os.environ if env is None else env
     runner: Runner = run or (lambda argv: process.run_capture(argv, timeout=30))
     memory = read_memory(read)
