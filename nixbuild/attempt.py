@@ -33,7 +33,7 @@ from .model import (
     Mode,
     Source,
 )
-from .process import Supervised
+from .process import CommandNotFound, Supervised
 from .redact import may_hold_secret, redact_argv, redact_line
 from .rundir import RunFiles
 from .summary import iso
@@ -144,14 +144,17 @@ class LineFanout:
         self._queued = 0  # lines queued and not yet processed
         self.readers_waited_s = 0.0  # how long the pipe readers waited for the worker
         self._count_lock = threading.Lock()  # two pipe readers and the worker update it
+        # The thread starts now (so a failure to start one comes before nix runs), but it
+        # waits for ``start`` before its first job: importing and compiling the classifier
+        # (≈15 ms of Python) then overlaps nix's start instead of competing with the main
+        # thread for the GIL while it starts nix.
+        self._go = threading.Event()
         self._worker = threading.Thread(target=self._drain, name="log-fanout", daemon=True)
+        self._worker.start()
 
     def start(self) -> None:
-        """Start the worker; call it once nix is running. The worker's first job (importing
-        and compiling the classifier, ≈15 ms of Python) then overlaps nix's start instead of
-        competing with the main thread for the GIL while it starts nix."""
-        if self._worker.ident is None:
-            self._worker.start()
+        """Let the worker begin; call it once nix is running (lines fed before wait)."""
+        self._go.set()
 
     def feed(self, lines: list[str]) -> None:
         """Called on the pipe readers' threads: hand the lines over; wait only in a flood."""
@@ -161,13 +164,15 @@ class LineFanout:
         self._queue.put(lines)
         if self._queued > self.backlog:
             started = time.monotonic()
-            while self._queued > self.backlog // 2 and self._worker.is_alive():
+            while (
+                self._queued > self.backlog // 2 and self._go.is_set() and self._worker.is_alive()
+            ):
                 time.sleep(0.005)
             self.readers_waited_s += time.monotonic() - started
 
     def close(self) -> None:
         """After nix has exited: process every line still queued, then stop the worker."""
-        self.start()  # no-op once started; a run where nix could not start has lines too
+        self.start()  # a run where nix could not start has lines too
         self._queue.put(None)
         self._worker.join()
 
@@ -187,6 +192,7 @@ class LineFanout:
         return self.processor.lines
 
     def _drain(self) -> None:
+        self._go.wait()
         # Built on this thread: the classifier's set-up then overlaps nix's start.
         try:
             self._processor = LineProcessor(self.files, self.console, self.state)
@@ -247,7 +253,7 @@ class Attempt:
         try:
             proc = Supervised(argv, on_stdout=fanout.feed, on_stderr=fanout.feed, env=cfg.env)
             fanout.start()
-        except OSError as exc:
+        except (OSError, CommandNotFound) as exc:
             fanout.feed([f"nixbuild: could not start nix: {exc}"])
             status: int | None = 127
             sig: int | None = None

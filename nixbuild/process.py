@@ -50,7 +50,8 @@ _PR_SET_PDEATHSIG = 1
 
 
 class CommandNotFound(NixbuildError):
-    """The program to run is not on PATH (the caller decides which exit code that means)."""
+    """The program to run is not on PATH, or exec refused it (not executable, not a program
+    for this machine); the caller decides which exit code that means."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,20 @@ def _command(argv: Sequence[str]) -> Any:
         return sh.Command(argv[0])
     except sh.CommandNotFound as exc:
         raise CommandNotFound(f"{argv[0]}: command not found") from exc
+
+
+def _start(cmd: Any, argv: Sequence[str], kwargs: dict[str, Any]) -> Any:
+    """Start ``argv`` with sh; an exec failure in the child becomes ``CommandNotFound``."""
+    try:
+        return cmd(*argv[1:], **kwargs)
+    except sh.ForkException as exc:
+        # sh hands the child's exec error over as the text of its traceback: the last
+        # line says why (``OSError: [Errno 8] Exec format error: b'/…/nix'``). sh leaves
+        # the pipes it made for that child open (3-5 fds, measured); a run that cannot start
+        # nix ends within max_attempts, so that stays bounded.
+        lines = str(exc).strip().splitlines()
+        reason = lines[-1].strip() if lines else "exec failed"
+        raise CommandNotFound(f"{argv[0]} cannot be started: {reason}") from None
 
 
 def _die_with_parent() -> None:
@@ -124,7 +139,7 @@ def run_capture(
     kwargs = _common_kwargs(env, cwd)
     if stdin is not None:
         kwargs["_in"] = stdin
-    running = cmd(*argv[1:], _bg=True, _bg_exc=False, _return_cmd=True, **kwargs)
+    running = _start(cmd, argv, {**kwargs, "_bg": True, "_bg_exc": False, "_return_cmd": True})
     timed_out = threading.Event()
 
     def kill() -> None:
@@ -181,7 +196,7 @@ class Supervised:
         self.pipe_peak_bytes = 0
         try:
             kwargs.update(_bg=True, _bg_exc=False, _in="", _out=out_write, _err=err_write)
-            self._running = cmd(*argv[1:], **kwargs)
+            self._running = _start(cmd, argv, kwargs)
         except BaseException:
             for fd in (out_read, err_read):
                 os.close(fd)

@@ -42,6 +42,18 @@ def test_missing_program_is_command_not_found() -> None:
         run_capture(["no-such-program-xyz"])
 
 
+def test_a_program_exec_refuses_is_command_not_found(tmp_path: Path) -> None:
+    # Executable but not a program for this machine: exec fails in the child (ENOEXEC),
+    # which sh reports as its own ForkException; nixbuild's callers handle one error type.
+    bogus = tmp_path / "nix"
+    bogus.write_bytes(b"\x7fELF\x00 not really")
+    bogus.chmod(0o755)
+    with pytest.raises(CommandNotFound, match=r"cannot be started: .*Exec format error"):
+        run_capture([str(bogus), "--version"])
+    with pytest.raises(CommandNotFound, match=r"cannot be started: .*Exec format error"):
+        Supervised([str(bogus)], on_stdout=lambda _: None, on_stderr=lambda _: None)
+
+
 def test_timeout_kills_the_whole_group_and_says_so(tmp_path: Path) -> None:
     pidfile = tmp_path / "grandchild.pid"
     with pytest.raises(NixbuildError, match=r"did not finish within 0\.5 s"):

@@ -13,7 +13,14 @@ from nixbuild.console import Console
 from nixbuild.model import AttemptSpec, Decision, Kind, Mode
 from nixbuild.nixcmd import NixInfo
 from nixbuild.observers import BaseObserver
-from nixbuild.policy import DEGRADE, GIVE_UP, MEMORY_POLL_S, OOM_MIN_WAIT_S, RETRY
+from nixbuild.policy import (
+    DEGRADE,
+    GIVE_UP,
+    MEMORY_POLL_S,
+    OOM_MIN_WAIT_S,
+    RETRY,
+    PolicyConfig,
+)
 from nixbuild.rundir import RunFiles
 from nixbuild.supervisor import RunRequest, Supervisor
 
@@ -177,3 +184,18 @@ def test_the_status_says_what_a_wait_is_for(tmp_path: Path, files: RunFiles) -> 
     sup._prepare_next(Decision(RETRY, 0.3, SPEC), Kind.NETWORK, 10 * GiB, files)
     assert statuses.texts and statuses.texts[0].startswith("waiting 0.")
     assert statuses.texts[0].endswith(" s before the next attempt")
+
+
+def test_a_nix_that_cannot_be_started_is_a_failed_attempt_not_a_crash(tmp_path: Path) -> None:
+    # Executable, but exec refuses it (ENOEXEC): recorded like a missing program (127).
+    bogus = tmp_path / "nix"
+    bogus.write_bytes(b"\x7fELF\x00 not really")
+    bogus.chmod(0o755)
+    settings = AttemptSettings(Mode.BUILD, None, argv_for=lambda _spec: [str(bogus), "build"])
+    request = RunRequest(SPEC, tmp_path / "logs", settings, policy=PolicyConfig(max_attempts=1))
+    outcome = Supervisor(request, NixInfo((2, 8, 0)), Console(io.StringIO())).run()
+    (attempt,) = outcome.attempts
+    assert attempt.exit_status == 127
+    assert outcome.status == "failed" and outcome.exit_code != 0
+    log = (outcome.run_dir / "attempt-1.log").read_text()
+    assert "nixbuild: could not start nix:" in log and "Exec format error" in log
