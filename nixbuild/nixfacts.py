@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from . import process
+from .errors import NixMissingError
+from .nixcmd import INSTALL_HINT
 
 Runner = Callable[[list[str]], process.Completed]
 CACHE_FILENAME = "nix-version.json"
@@ -68,6 +70,17 @@ def nix_version(run: Runner, env: Mapping[str, str], cache_file: Path | None = N
     if version is not None and cache_file is not None and key is not None:
         _write(cache_file, {key: version})  # one executable at a time: the file stays tiny
     return version
+
+
+def missing_nix_error() -> NixMissingError:
+    """What to say when no version could be read: no nix on PATH, or one that does not run."""
+    found = shutil.which("nix")
+    if found is not None:  # there, but `nix --version` did not run or said nothing usable
+        return NixMissingError(
+            f"{found} does not work (`nix --version` failed)",
+            hint="run `nix --version` to see why; reinstall Nix if it cannot start",
+        )
+    return NixMissingError("nix is not installed (not found on PATH)", hint=INSTALL_HINT)
 
 
 def _read(path: Path) -> dict[str, object]:

@@ -25,7 +25,7 @@ from . import assess, cidetect, nixcmd, nixfacts, plan, policy, probe, retention
 from . import config as config_mod
 from .attempt import AttemptSettings
 from .console import Console
-from .errors import ExitCode, NixMissingError, PreflightRefused, UsageError
+from .errors import ExitCode, PreflightRefused, UsageError
 from .ledger import LEDGER_FILENAME, Ledger
 from .lock import JobLock, lock_name
 from .model import AttemptSpec, Mode, Variant
@@ -117,7 +117,7 @@ def preflight(
         version_cache=state_dir_of(cfg) / nixfacts.CACHE_FILENAME,
     )
     if facts.nix_version is None:
-        raise NixMissingError("nix is not installed (not found on PATH)", hint=nixcmd.INSTALL_HINT)
+        raise nixfacts.missing_nix_error()
     verdict = assess.assess(facts, assess.thresholds_from(cfg.values), cfg["variant"])
     if verdict.cannot_succeed:
         raise PreflightRefused(

@@ -253,6 +253,18 @@ def test_missing_nix_exits_3(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_nix_that_does_not_run_exits_3_and_says_so(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "nix").write_bytes(b"\x7fELF\x00 not a program")  # exec refuses it
+    (bindir / "nix").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:/usr/bin:/bin")
+    result = nixbuild("build", ".#x", "--log-dir", str(tmp_path / "l"), cwd=tmp_path, env=env)
+    assert result.returncode == 3
+    assert f"{bindir / 'nix'} does not work (`nix --version` failed)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.fixture
 def tiny_log_dir(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs: the log dir fills up during the build (needs root to mount)."""
