@@ -164,7 +164,7 @@ def build_line_parts(line: str) -> tuple[int, str] | None:
         act_id = _new_tail_id(tail)
     if act_id is None:
         return None
-    return act_id, ANSI.sub("", text) if "\x1b" in text else text
+    return act_id, strip_ansi(text)
 
 
 def parse_line(line: str) -> Event:

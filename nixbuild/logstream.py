@@ -146,14 +146,8 @@ class LogState:
             drv = self._drv_for(act_id)  # a child activity (newer nix), or none at all
             if drv is None:
                 return HumanLine(text, _BUILD)
-        tail = self.tails.get(drv)
-        if tail is None:
-            tail = self._tail(drv)
-        tail.append(text)
-        head = HEADS.get(drv)
-        if head is None:
-            head = new_head(drv)
-        return HumanLine(head + text, _BUILD, drv)
+        self._tail(drv).append(text)
+        return HumanLine((HEADS.get(drv) or new_head(drv)) + text, _BUILD, drv)
 
     def _tail(self, drv: str) -> deque[str]:
         tail = self.tails.get(drv)
