@@ -36,6 +36,16 @@ connect-timeout = 2
 """
 
 
+# CI=true (set when CI runs these tests) switches nixbuild to its CI renderer; tests that
+# check the terminal/plain output run nixbuild without these (the CI flavour has its own).
+CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE")
+
+
+def plain_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: ours) without the variables that make nixbuild think it is in CI."""
+    return {k: v for k, v in (env or os.environ).items() if k not in CI_VARIABLES}
+
+
 def require(tool: str) -> None:
     """Skip when `tool` is missing, except in CI where a missing tool is a failure."""
     if shutil.which(tool) is None:

@@ -14,17 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import plain_env
 
 pytestmark = pytest.mark.nix
 
 
-# Output checked here is the terminal/plain flavour; CI=true (set when CI runs these tests)
-# would switch nixbuild to its CI renderer, tested in test_ci_e2e.py.
-CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE")
-
-
-def plain_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    return {k: v for k, v in (env or os.environ).items() if k not in CI_VARIABLES}
+# Output checked here is the terminal/plain flavour (plain_env); the CI renderer is tested
+# in test_ci_e2e.py.
 
 
 def nixbuild(

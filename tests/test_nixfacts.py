@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import plain_env, require
 
 from nixbuild import process
 from nixbuild.nixfacts import CACHE_FILENAME, executable_key, nix_version, parse_nix_version
@@ -171,15 +171,11 @@ def build(flake: Path, tmp_path: Path, env: dict[str, str]) -> str:
     return str(first["nix_version"])
 
 
-def plain(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k not in ("CI", "GITHUB_ACTIONS", "GITLAB_CI")}
-
-
 @pytest.mark.nix
 def test_a_build_uses_the_remembered_version(
     nix_env: dict[str, str], flake: Path, tmp_path: Path
 ) -> None:
-    env = plain(dict(os.environ))
+    env = plain_env()
     real = build(flake, tmp_path, env)
     cache = Path(os.environ["XDG_STATE_HOME"]) / "nixbuild" / CACHE_FILENAME
     assert json.loads(cache.read_text()) == {executable_key(env): real}
@@ -204,7 +200,7 @@ def test_a_wrapper_script_is_asked_every_time(
     shim = bindir / "nix"
     shim.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {real} "$@"\n')
     shim.chmod(0o755)
-    env = plain({**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"})
+    env = plain_env({**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"})
     assert executable_key(env) is None
     for _ in range(2):
         build(flake, tmp_path, env)

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_build_e2e import nixbuild, plain_env  # the terminal flavour, never CI's
+from conftest import plain_env  # the terminal flavour, never CI's
+from test_build_e2e import nixbuild
 
 pytestmark = pytest.mark.nix
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_build_e2e import nixbuild, plain_env
+from conftest import plain_env
+from test_build_e2e import nixbuild
 
 pytestmark = pytest.mark.nix
 
