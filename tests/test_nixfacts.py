@@ -10,12 +10,11 @@ import json
 import os
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import plain_env, require
+from test_build_e2e import nixbuild
 
 from nixbuild import process
 from nixbuild.nixfacts import CACHE_FILENAME, executable_key, nix_version, parse_nix_version
@@ -160,9 +159,8 @@ def build(flake: Path, tmp_path: Path, env: dict[str, str]) -> str:
     """One real `nixbuild build`; the nix version its run recorded (events.jsonl)."""
     logs = tmp_path / "logs"
     before = set(logs.iterdir()) if logs.exists() else set()
-    argv = [sys.executable, "-m", "nixbuild", "build", f"path:{flake}#ok", "--quiet"]
-    done = subprocess.run(
-        [*argv, "--log-dir", str(logs)], cwd=tmp_path, env=env, capture_output=True, check=False
+    done = nixbuild(
+        "build", f"path:{flake}#ok", "--quiet", "--log-dir", str(logs), cwd=tmp_path, env=env
     )
     assert done.returncode == 0, done.stderr
     (run_dir,) = (p for p in set(logs.iterdir()) - before if p.is_dir())  # run ids may tie
