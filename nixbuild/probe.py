@@ -187,6 +187,21 @@ class Memory:
     cgroup_limit_bytes: int | None
 
 
+def reclaimable_bytes(memory_stat: str | None, version: int) -> int:
+    """Page cache in a cgroup's ``memory.stat`` that the kernel drops before it OOM-kills.
+
+    A cgroup's usage counts the page cache of every file its processes read or wrote, and the
+    kernel lets that cache grow up to the limit before reclaiming it: a build that has written
+    a few GB sits near its limit while most of it is free for the taking. Inactive file pages
+    are what reclaim takes first, the same "working set" rule as the kubelet's and cAdvisor's
+    (active file pages are left counted as used: reclaiming them costs the build re-reads).
+    """
+    stat = parse_flat_keyed(memory_stat)
+    # v1's plain "inactive_file" is this cgroup only; "total_" includes its children.
+    key = "inactive_file" if version == 2 else "total_inactive_file"
+    return stat.get(key, stat.get("inactive_file", 0))
+
+
 def read_memory(read: Reader = read_text) -> Memory:
     info = parse_meminfo(read("/proc/meminfo") or "")
     total = info.get("MemTotal", 0)
@@ -205,7 +220,8 @@ def read_memory(read: Reader = read_text) -> Memory:
                 continue
             limit = level_limit if limit is None else min(limit, level_limit)
             used = parse_int(read(f"{d}/{usage_file}")) or 0
-            available = min(available, max(0, level_limit - used))
+            used -= reclaimable_bytes(read(f"{d}/memory.stat"), dirs.version)
+            available = min(available, max(0, level_limit - max(0, used)))
     return Memory(
         total_bytes=min(total, limit) if limit is not None and total else (limit or total),
         available_bytes=available,

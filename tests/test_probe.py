@@ -142,6 +142,37 @@ def test_cgroup_v2_limit_binds_memory() -> None:
     assert read_cpu_quota(read) == 2.0
 
 
+def test_page_cache_in_the_cgroup_counts_as_available() -> None:
+    """A build that wrote 5 GiB under an 8 GiB limit has most of it back on demand: the
+    kernel drops inactive file pages before it OOM-kills, so the watchdog must not trip."""
+    files = {
+        "/proc/meminfo": MEMINFO,
+        "/proc/self/mountinfo": MOUNTINFO_V2,
+        "/proc/self/cgroup": SELF_V2,
+        f"{V2_USER}/memory.max": str(8 * GiB),
+        f"{V2_USER}/memory.current": str(7 * GiB),
+        f"{V2_USER}/memory.stat": f"anon {2 * GiB}\nfile {5 * GiB}\n"
+        f"active_file {1 * GiB}\ninactive_file {4 * GiB}\n",
+    }
+    assert read_memory(fake_fs(files)).available_bytes == 5 * GiB  # 8 - (7 - 4)
+    # v1: the hierarchical total_ figure, not this cgroup's own (its children hold the cache)
+    base = "/sys/fs/cgroup/memory/process_api/bd73"
+    v1 = {
+        "/proc/meminfo": MEMINFO,
+        "/proc/self/mountinfo": MOUNTINFO_V1,
+        "/proc/self/cgroup": SELF_V1,
+        f"{base}/memory.limit_in_bytes": str(8 * GiB),
+        f"{base}/memory.usage_in_bytes": str(7 * GiB),
+        f"{base}/memory.stat": f"inactive_file 0\ntotal_inactive_file {4 * GiB}\n",
+    }
+    assert read_memory(fake_fs(v1)).available_bytes == 5 * GiB
+    # a memory.stat that cannot be read or parsed leaves the usage as it is, never below zero
+    del files[f"{V2_USER}/memory.stat"]
+    assert read_memory(fake_fs(files)).available_bytes == 1 * GiB
+    files[f"{V2_USER}/memory.stat"] = f"inactive_file {99 * GiB}\ngarbage\n"
+    assert read_memory(fake_fs(files)).available_bytes == 8 * GiB
+
+
 def test_v1_limits_and_no_cgroup_at_all() -> None:
     base = "/sys/fs/cgroup/memory/process_api/bd73"
     read = fake_fs(
