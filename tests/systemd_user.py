@@ -2,9 +2,10 @@
 
 Machines without a running system manager (containers, CI runners) can still run
 ``systemd --user`` once ``/run/systemd/system/`` exists. The fixture gives it a private
-``XDG_RUNTIME_DIR`` (0700; its D-Bus socket and ``systemd/private`` live there) and a
-private ``XDG_CONFIG_HOME`` (so units are installed into a temporary directory, never the
-user's), points this test process at it through the environment, and stops it after.
+``XDG_RUNTIME_DIR`` (0700; its D-Bus socket and ``systemd/private`` live there), a private
+``XDG_CONFIG_HOME`` (so units are installed into a temporary directory, never the user's)
+and ``XDG_DATA_HOME`` (timer stamps), points this test process at it through the
+environment, and stops it after.
 
 The manager is started inside its own cgroup (``nixbuild-test-…`` in the named systemd
 hierarchy and in cgroup v2). Started in the root cgroup, a user manager takes itself for
@@ -114,6 +115,10 @@ def user_manager() -> Iterator[UserManagerHandle]:
         "XDG_RUNTIME_DIR": str(runtime),
         "DBUS_SESSION_BUS_ADDRESS": f"unix:path={runtime}/bus",
         "XDG_CONFIG_HOME": str(config),
+        # Persistent= timers keep their last-trigger stamps under XDG_DATA_HOME: a stamp left
+        # in the real home by an earlier run would make a timer of the same job catch up
+        # (start its service) the moment a later test installs it.
+        "XDG_DATA_HOME": str(base / "data"),
     }
     cgroups = _own_cgroups(f"nixbuild-test-{os.getpid()}-{base.name}")
 

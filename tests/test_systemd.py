@@ -411,11 +411,32 @@ def unit_pids(user_manager: UserManagerHandle, unit: str) -> set[int]:
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text(errors="replace")
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return Path(f"/proc/{pid}").exists() and "State:\tZ" not in Path(
-        f"/proc/{pid}/status"
-    ).read_text(errors="replace")
+
+
+def command_name(pid: int) -> str | None:
+    """The process's comm, or None once it has exited (it may between listing and reading)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def unit_story(user_manager: UserManagerHandle, unit: str, log_dir: Path) -> str:
+    """What a failed assertion about a unit should show: its state and what nixbuild recorded
+    (the test manager has no journald, so the run directory is the unit's log)."""
+    props = user_manager.systemctl(
+        "show", unit, "-p", "ActiveState,SubState,Result,ExecMainStatus,StatusText", check=False
+    ).stdout
+    parts = [f"{unit}:\n{props}"]
+    for summary in sorted(log_dir.glob("*/summary.json")):
+        parts.append(f"{summary}:\n{summary.read_text(errors='replace')[:4000]}")
+    for log in sorted([*log_dir.glob("*/events.jsonl"), *log_dir.glob("*/attempt-*.log")]):
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        parts.append(f"{log} (last lines):\n" + "\n".join(tail))
+    return "\n".join(parts)
 
 
 def install_job(
@@ -433,13 +454,15 @@ def install_job(
         f'[jobs.{job}]\ninstallable = "{installable}"\nlog_dir = "{tmp_path}/logs"\n'
         "cores = 1\nmax_attempts = 1\nno_fallback = true\n"
     )
-    UserManager().install(job, on_calendar="daily", workdir=workdir)
     env = {**nix_env, "NIX_REMOTE": "", "XDG_STATE_HOME": str(tmp_path / "state")}
+    # The drop-in comes first: install enables the timer at once, and a timer that fires
+    # (a Persistent= catch-up) must start the service with the test's store, not the machine's.
     dropin = user_manager.unit_dir / f"nixbuild@{job}.service.d" / "test-env.conf"
+    dropin.parent.mkdir(parents=True, exist_ok=True)
     dropin.write_text(
         "[Service]\n" + "".join(f"Environment={unit_quote(f'{k}={v}')}\n" for k, v in env.items())
     )
-    user_manager.systemctl("daemon-reload")
+    UserManager().install(job, on_calendar="daily", workdir=workdir)  # daemon-reloads
     return workdir
 
 
@@ -490,18 +513,21 @@ def test_systemctl_stop_leaves_no_build_processes(
 ) -> None:
     (flake / "sleep.txt").write_text("600")
     install_job(user_manager, tmp_path, nix_env, "e2estop", f"path:{flake}#slow")
-    service = "nixbuild@e2estop.service"
+    service, log_dir = "nixbuild@e2estop.service", tmp_path / "logs"
     user_manager.systemctl("start", service)
     pids: set[int] = set()
     for _ in range(1200):  # until the builder's /bin/sleep runs in the unit
         pids = unit_pids(user_manager, service)
-        comms = {Path(f"/proc/{p}/comm").read_text().strip() for p in pids if alive(p)}
-        if "sleep" in comms:
+        if "sleep" in {command_name(p) for p in pids}:
             break
-        assert user_manager.show(service, "ActiveState") in {"activating", "active"}
+        state = user_manager.show(service, "ActiveState")
+        assert state in {"activating", "active"}, unit_story(user_manager, service, log_dir)
         subprocess.run(["/bin/sleep", "0.1"], check=True)
     else:
-        pytest.fail(f"the builder never started; processes {sorted(pids)}")
+        pytest.fail(
+            f"the builder never started; processes {sorted(pids)}\n"
+            + unit_story(user_manager, service, log_dir)
+        )
     user_manager.systemctl("stop", service)
     assert not [p for p in pids if alive(p)], "build processes outlived systemctl stop"
     assert user_manager.show(service, "ActiveState") == "inactive"
