@@ -17,8 +17,13 @@ INSTALL_HINT = "install Nix: `sudo apt-get install nix-bin` on Debian/Ubuntu, or
 
 @dataclass(frozen=True, slots=True)
 class NixInfo:
-    version: tuple[int, int, int]
+    version: tuple[int, int, int]  # for comparisons (which flags this nix needs)
     binary: str = "nix"
+    label: str = ""  # the version as nix printed it ("2.24.10pre"), for the records
+
+    @classmethod
+    def from_version(cls, text: str) -> NixInfo:
+        return cls(version_tuple(text), label=text)
 
     @property
     def needs_feature_flags(self) -> bool:
@@ -27,8 +32,8 @@ class NixInfo:
         return self.version >= (2, 4, 0)
 
 
-def parse_nix_version(output: str) -> tuple[int, int, int]:
-    """``nix (Nix) 2.8.0`` / ``nix (Determinate Nix 3.6.2) 2.29.0`` → (2, 8, 0)."""
+def version_tuple(output: str) -> tuple[int, int, int]:
+    """``2.8.0``, ``nix (Nix) 2.8.0`` / ``nix (Determinate Nix 3.6.2) 2.29.0`` → (2, 8, 0)."""
     versions = re.findall(r"(\d+)\.(\d+)(?:\.(\d+))?", output)
     if not versions:
         raise NixMissingError(f"could not read the nix version from {output.strip()!r}")

@@ -218,7 +218,7 @@ def run_supervised(
         heartbeat_s=cfg["heartbeat"],
     )
     facts, verdict = preflight(cfg, console)
-    nix = nixcmd.NixInfo(nixcmd.parse_nix_version(facts.nix_version or ""))
+    nix = nixcmd.NixInfo.from_version(facts.nix_version or "")
     state_dir = state_dir_of(cfg)
     run_mode, gcroot = _mode_and_gcroot(cfg, wrapped, state_dir, target)
     log_dir = Path(cfg["log_dir"]).expanduser()

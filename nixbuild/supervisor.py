@@ -119,7 +119,7 @@ class Supervisor:
             run_id=run_id,
             job=req.job,
             installable=req.first.installable,
-            nix_version=".".join(map(str, self.nix.version)),
+            nix_version=self.nix.label or ".".join(map(str, self.nix.version)),
         )
         self.console.say(f"nixbuild: run {run_id}, logs in {run_dir}", started)
         self.observers.run_started(

@@ -17,6 +17,8 @@ from conftest import plain_env, require
 from test_build_e2e import nixbuild
 
 from nixbuild import process
+from nixbuild.errors import NixMissingError
+from nixbuild.nixcmd import NixInfo, version_tuple
 from nixbuild.nixfacts import CACHE_FILENAME, executable_key, nix_version, parse_nix_version
 
 
@@ -51,6 +53,16 @@ def test_parse_nix_version() -> None:
     assert parse_nix_version("nix (Nix) 2.24.10pre\n") == "2.24.10pre"
     assert parse_nix_version("garbage") is None
     assert parse_nix_version("") is None
+
+
+def test_nix_info_compares_numbers_and_keeps_the_printed_version() -> None:
+    info = NixInfo.from_version("2.24.10pre")
+    assert info.version == (2, 24, 10)
+    assert info.label == "2.24.10pre"
+    assert version_tuple("nix (Determinate Nix 3.6.2) 2.29.0") == (2, 29, 0)
+    assert version_tuple("2.3") == (2, 3, 0)
+    with pytest.raises(NixMissingError):
+        version_tuple("garbage")
 
 
 def test_the_version_is_read_once_per_executable(tmp_path: Path) -> None:
@@ -178,9 +190,10 @@ def test_a_build_uses_the_remembered_version(
     cache = Path(os.environ["XDG_STATE_HOME"]) / "nixbuild" / CACHE_FILENAME
     assert json.loads(cache.read_text()) == {executable_key(env): real}
     # Plant another (compatible) answer for the same executable: a build that asked nix
-    # would record the real version, one that used the cache records this one.
+    # would record the real version, one that used the cache records this one, exactly as
+    # nix would print it (a pre-release suffix included).
     major, minor, _ = real.split(".", 2)
-    planted = f"{major}.{minor}.99"
+    planted = f"{major}.{minor}.99pre"
     cache.write_text(json.dumps({executable_key(env): planted}))
     assert build(flake, tmp_path, env) == planted
 
