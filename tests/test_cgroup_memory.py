@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,11 +79,24 @@ def memory_cgroup() -> Iterator[tuple[Path, str, str]]:
             cgroup.rmdir()
 
 
+@pytest.fixture
+def disk_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a disk file system: tmpfs pages are shared memory, not page cache."""
+    fs_type = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if fs_type != "tmpfs":
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as repo_dir:  # the clone's disk
+        yield Path(repo_dir)
+
+
 def test_page_cache_is_not_taken_for_used_memory(
-    memory_cgroup: tuple[Path, str, str], tmp_path: Path
+    memory_cgroup: tuple[Path, str, str], disk_dir: Path
 ) -> None:
     cgroup, limit_file, usage_file = memory_cgroup
-    data = tmp_path / "written.bin"  # on disk: tmpfs pages would be shared memory, not cache
+    data = disk_dir / "written.bin"
 
     def enter() -> None:
         (cgroup / "cgroup.procs").write_text("0")
