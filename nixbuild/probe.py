@@ -188,18 +188,25 @@ class Memory:
 
 
 def reclaimable_bytes(memory_stat: str | None, version: int) -> int:
-    """Page cache in a cgroup's ``memory.stat`` that the kernel drops before it OOM-kills.
+    """Clean page cache in a cgroup's ``memory.stat``: the kernel drops it before it OOM-kills.
 
     A cgroup's usage counts the page cache of every file its processes read or wrote, and the
     kernel lets that cache grow up to the limit before reclaiming it: a build that has written
-    a few GB sits near its limit while most of it is free for the taking. Inactive file pages
-    are what reclaim takes first, the same "working set" rule as the kubelet's and cAdvisor's
-    (active file pages are left counted as used: reclaiming them costs the build re-reads).
+    object files and read them back to link sits at its limit while most of it is free for
+    the taking. Active pages too: the kubelet counts only inactive ones and is known to evict
+    pods that had memory to spare (kubernetes#43916); the host's MemAvailable counts both.
+    Dirty pages must be written first, so they stay counted as used. v1's plain keys cover
+    this cgroup only, its ``total_`` keys the children as well.
     """
     stat = parse_flat_keyed(memory_stat)
-    # v1's plain "inactive_file" is this cgroup only; "total_" includes its children.
-    key = "inactive_file" if version == 2 else "total_inactive_file"
-    return stat.get(key, stat.get("inactive_file", 0))
+    # File LRU pages: tmpfs and shared memory are on the anonymous lists, so not in these.
+    if version == 2:
+        cached, unwritten = ("active_file", "inactive_file"), ("file_dirty", "file_writeback")
+    else:
+        t = "total_" if "total_inactive_file" in stat else ""
+        cached, unwritten = (f"{t}active_file", f"{t}inactive_file"), (f"{t}dirty", f"{t}writeback")
+    clean = sum(stat.get(k, 0) for k in cached) - sum(stat.get(k, 0) for k in unwritten)
+    return max(0, clean)
 
 
 def read_memory(read: Reader = read_text) -> Memory:
@@ -229,9 +236,14 @@ def read_memory(read: Reader = read_text) -> Memory:
     )
 
 
-def available_memory() -> int:
-    """Bytes a build may still allocate (host and cgroup); the watchdog polls this."""
-    return read_memory().available_bytes
+def available_memory(read: Reader = read_text) -> int:
+    """Bytes a build may still allocate (host and cgroup); the watchdog polls this.
+
+    Raises OSError when /proc/meminfo cannot be read: "0 bytes" would stop the build.
+    """
+    if read("/proc/meminfo") is None:
+        raise OSError("/proc/meminfo cannot be read")
+    return read_memory(read).available_bytes
 
 
 def read_oom_kill_count(read: Reader = read_text) -> int | None:

@@ -27,8 +27,9 @@ MiB = 1024**2
 LIMIT = 768 * MiB
 WRITTEN = 400 * MiB
 
-# Runs inside the cgroup: writes WRITTEN bytes of page cache, then reports what the kernel
-# counts as used and what probe says is available.
+# Runs inside the cgroup: writes WRITTEN bytes of page cache and reads them back twice (as a
+# link step reads object files; the kernel then moves the pages to its active list), then
+# reports what the kernel counts as used and what probe says is available.
 CHILD = """
 import json, os, sys
 from nixbuild import probe
@@ -37,6 +38,12 @@ with open(path, "wb") as f:
     block = os.urandom(1024 * 1024)
     for _ in range(int(size) // len(block)):
         f.write(block)
+    f.flush()
+    os.fsync(f.fileno())  # clean pages: dirty ones are rightly counted as used
+for _ in range(2):
+    with open(path, "rb") as f:
+        while f.read(1024 * 1024):
+            pass
 usage = int(open(os.path.join(cgroup, usage_file)).read())
 limit = int(open(os.path.join(cgroup, limit_file)).read())
 print(json.dumps({"limit": limit, "usage": usage,

@@ -144,17 +144,19 @@ def test_cgroup_v2_limit_binds_memory() -> None:
 
 def test_page_cache_in_the_cgroup_counts_as_available() -> None:
     """A build that wrote 5 GiB under an 8 GiB limit has most of it back on demand: the
-    kernel drops inactive file pages before it OOM-kills, so the watchdog must not trip."""
+    kernel drops clean file pages before it OOM-kills, so the watchdog must not trip.
+    Dirty pages (still to be written) and shared memory (on the anon lists) stay used."""
     files = {
         "/proc/meminfo": MEMINFO,
         "/proc/self/mountinfo": MOUNTINFO_V2,
         "/proc/self/cgroup": SELF_V2,
         f"{V2_USER}/memory.max": str(8 * GiB),
         f"{V2_USER}/memory.current": str(7 * GiB),
-        f"{V2_USER}/memory.stat": f"anon {2 * GiB}\nfile {5 * GiB}\n"
-        f"active_file {1 * GiB}\ninactive_file {4 * GiB}\n",
+        f"{V2_USER}/memory.stat": f"anon {2 * GiB}\nfile {5 * GiB}\nshmem {1 * GiB}\n"
+        f"active_file {2 * GiB}\ninactive_file {2 * GiB}\nfile_dirty {GiB // 2}\n"
+        f"file_writeback {GiB // 2}\n",
     }
-    assert read_memory(fake_fs(files)).available_bytes == 5 * GiB  # 8 - (7 - 4)
+    assert read_memory(fake_fs(files)).available_bytes == 4 * GiB  # 8 - (7 - (2 + 2 - 1))
     # v1: the hierarchical total_ figure, not this cgroup's own (its children hold the cache)
     base = "/sys/fs/cgroup/memory/process_api/bd73"
     v1 = {
@@ -163,9 +165,13 @@ def test_page_cache_in_the_cgroup_counts_as_available() -> None:
         "/proc/self/cgroup": SELF_V1,
         f"{base}/memory.limit_in_bytes": str(8 * GiB),
         f"{base}/memory.usage_in_bytes": str(7 * GiB),
-        f"{base}/memory.stat": f"inactive_file 0\ntotal_inactive_file {4 * GiB}\n",
+        f"{base}/memory.stat": f"inactive_file 0\nactive_file 0\ndirty {GiB}\n"
+        f"total_inactive_file {3 * GiB}\ntotal_active_file {GiB}\ntotal_dirty 0\n",
     }
     assert read_memory(fake_fs(v1)).available_bytes == 5 * GiB
+    # a v1 kernel without the hierarchical keys: this cgroup's own
+    v1[f"{base}/memory.stat"] = f"inactive_file {3 * GiB}\nactive_file {GiB}\ndirty {GiB}\n"
+    assert read_memory(fake_fs(v1)).available_bytes == 4 * GiB
     # a memory.stat that cannot be read or parsed leaves the usage as it is, never below zero
     del files[f"{V2_USER}/memory.stat"]
     assert read_memory(fake_fs(files)).available_bytes == 1 * GiB

@@ -47,6 +47,17 @@ def test_unreadable_memory_is_not_a_trip() -> None:
     assert dog.check() is None
     assert dog.tripped is None
 
+    # the real reader says "cannot tell" (OSError), not "0 bytes", when /proc/meminfo is gone
+    def no_proc(path: str) -> str | None:
+        return None
+
+    with pytest.raises(OSError, match="meminfo"):
+        probe.available_memory(no_proc)
+    dog = MemoryWatchdog(
+        256 * MiB, lambda _: None, read_available=lambda: probe.available_memory(no_proc)
+    )
+    assert dog.check() is None
+
 
 def test_thread_polls_with_injected_sleep() -> None:
     values = readings(900, 800, 700, 100)
