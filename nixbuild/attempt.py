@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import nixcmd, policy
+from . import nixcmd, policy, probe
 from .console import Console, progress_text
 from .logstream import LogState
 from .model import (
@@ -57,6 +57,9 @@ class AttemptSettings:
     grace_s: float = 10.0
     stall_timeout_s: float | None = None
     watchdog_bytes: int | None = None  # None: no memory watchdog
+    # Whether builders run in nixbuild's cgroup (a local store), so that its OOM-kill counter
+    # can concern them; with the nix daemon they run in the daemon's cgroup instead.
+    builders_in_our_cgroup: bool = True
     env: Mapping[str, str] | None = None
     # `nixbuild run`: the user's own command line, rebuilt for each attempt's parallelism.
     argv_for: Callable[[AttemptSpec], Sequence[str]] | None = None
@@ -107,6 +110,10 @@ class LineProcessor:
             feed(number, text, produced.source, produced.drv)
             show(text, produced.source, now)
         self.lines = number
+
+
+def _unknown() -> int | None:
+    return None
 
 
 class LineFanout:
@@ -307,7 +314,9 @@ class Attempt:
         def trip(evidence: str) -> None:
             self._tripped = evidence
 
-        return MemoryWatchdog(self.settings.watchdog_bytes, trip).start()
+        # Daemon builds: our cgroup's OOM kills are never theirs, so the counter is not read.
+        counter = probe.read_oom_kill_count if self.settings.builders_in_our_cgroup else _unknown
+        return MemoryWatchdog(self.settings.watchdog_bytes, trip, read_oom_kills=counter).start()
 
     def _diagnose(
         self, fanout: LineFanout, exit_info: ExitInfo, external: Sequence[LogLine]

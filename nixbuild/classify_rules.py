@@ -2,9 +2,10 @@
 
 Order is the policy: the first CAUSE rule with evidence that concerns the failing
 derivation decides. External observations come first (nixbuild's own watchdogs and
-signals), then nix's final messages (hash, timeout, SIGKILL, evaluation), then root causes
-found in build logs (memory, disk, broken environment, network), then ordinary build
-failures, and last nix errors nothing else explains. A root cause is listed before its
+signals; not the cgroup's OOM-kill counter, see its rule), then nix's final messages (hash,
+timeout, SIGKILL, evaluation), then root causes found in build logs (memory, disk, broken
+environment, network), then ordinary build failures, and last nix errors nothing else
+explains. A root cause is listed before its
 symptoms: "Killed signal terminated program cc1plus" before "make: *** Error 1", a full disk
 before the download or compile error it provoked.
 
@@ -121,11 +122,6 @@ RULES: tuple[Rule, ...] = (
           "the build of {name} was interrupted: nixbuild received {detail}", ("interrupted",)),
     _rule("oom.watchdog", Kind.OOM, E, r"memory watchdog:? ?(?P<detail>.*)",
           "nixbuild's memory watchdog stopped the build of {name}: {detail}", ("memory watchdog",)),
-    _rule("oom.cgroup-oom-kill", Kind.OOM, E,
-          r"oom_kill\s+(?P<detail>\d+\s*(?:→|->)\s*\d+)"
-          r"|Out of memory: Killed process \d+ \((?P<program>[^)]+)\)",
-          "the kernel's OOM killer killed a process while building {name} (oom_kill {detail})",
-          ("oom_kill", "Out of memory: Kill")),
     _rule("timeout.stall", Kind.TIMEOUT, E, r"no output for (?P<seconds>\d+(?:\.\d+)?) ?s",
           "{name} printed nothing for {seconds} s, so nixbuild's stall detector stopped it",
           ("no output for",)),
@@ -298,6 +294,14 @@ RULES: tuple[Rule, ...] = (
           r"(?P<detail>\S+: command not found)\s*$",
           "a command the build of {name} needs is missing: {detail}", ("command not found",),
           fatal=False),
+    # The cgroup's OOM-kill counter proves a kill in nixbuild's cgroup, which it may share with
+    # the user's shell and anything else started from it: it decides only when the log names
+    # no specific cause, so an unrelated kill cannot turn a compile or network error into oom.
+    _rule("oom.cgroup-oom-kill", Kind.OOM, E,
+          r"oom_kill\s+(?P<detail>\d+\s*(?:→|->)\s*\d+)"
+          r"|Out of memory: Killed process \d+ \((?P<program>[^)]+)\)",
+          "the kernel's OOM killer killed a process while building {name} (oom_kill {detail})",
+          ("oom_kill", "Out of memory: Kill")),
     _rule("unknown.killed", Kind.UNKNOWN, E, r"^nix was killed by signal (?P<detail>\d+.*)",
           "nix was killed from outside by signal {detail} while building {name}, and the log "
           "shows no sign of memory exhaustion", ("killed by signal",)),

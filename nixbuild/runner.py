@@ -252,7 +252,7 @@ def run_supervised(
                 "last run of this installable succeeded there after running out of memory "
                 "(--fresh ignores this)"
             )
-        settings = _attempt_settings(cfg, run_mode, gcroot, extra, command)
+        settings = _attempt_settings(cfg, run_mode, gcroot, extra, command, facts=facts)
         after_success = None
         if wrapped:
             from . import wraprun  # noqa: PLC0415 - see the imports
@@ -342,6 +342,8 @@ def _attempt_settings(
     gcroot: Path | None,
     extra: tuple[str, ...],
     command: tuple[str, ...],
+    *,
+    facts: probe.MachineFacts,
 ) -> AttemptSettings:
     watchdog_bytes = None
     if cfg["watchdog"]:
@@ -357,6 +359,7 @@ def _attempt_settings(
         grace_s=cfg["grace"],
         stall_timeout_s=cfg["stall_timeout"],
         watchdog_bytes=watchdog_bytes,
+        builders_in_our_cgroup=facts.nix_store_mode != "daemon",
     )
 
 

@@ -9,10 +9,13 @@ import threading
 import time
 from pathlib import Path
 
-from nixbuild.attempt import LineFanout, LineProcessor
+from nixbuild import probe
+from nixbuild.attempt import Attempt, AttemptSettings, LineFanout, LineProcessor
 from nixbuild.console import Console
-from nixbuild.model import ExitInfo, Kind
+from nixbuild.model import ExitInfo, Kind, Mode
+from nixbuild.nixcmd import NixInfo
 from nixbuild.rundir import RunFiles
+from nixbuild.watchdog import MemoryWatchdog
 
 
 def fanout(tmp_path: Path, backlog: int = 50_000) -> tuple[LineFanout, RunFiles]:
@@ -120,3 +123,34 @@ def test_the_worker_keeps_nixbuilds_priority(tmp_path: Path) -> None:
     assert os.getpriority(os.PRIO_PROCESS, worker) == mine
     fan.close()
     files.close()
+
+
+def test_daemon_builds_do_not_read_our_oom_kill_counter(tmp_path: Path) -> None:
+    """With the nix daemon the builders run in its cgroup: a kill in ours is never theirs."""
+
+    def watchdog_of(builders_in_our_cgroup: bool) -> MemoryWatchdog:
+        settings = AttemptSettings(
+            mode=Mode.BUILD,
+            gcroot=None,
+            watchdog_bytes=1,  # never trips
+            builders_in_our_cgroup=builders_in_our_cgroup,
+        )
+        files = RunFiles(tmp_path, lambda _: None)
+        attempt = Attempt(
+            settings,
+            NixInfo((2, 8, 0)),
+            Console(io.StringIO()),
+            files,
+            clock=time.monotonic,
+            interrupted=lambda: None,
+            progress=lambda _: None,
+        )
+        dog = attempt._watchdog()  # the seam where the counter is chosen
+        assert dog is not None
+        dog.stop()
+        return dog
+
+    assert watchdog_of(builders_in_our_cgroup=False).oom_kills_at_start is None
+    local = watchdog_of(builders_in_our_cgroup=True).oom_kills_at_start
+    assert local == probe.read_oom_kill_count()
+    assert local is not None  # this machine's kernel counts OOM kills per cgroup

@@ -178,6 +178,23 @@ def test_sigkill_counts_as_oom_only_with_support() -> None:
     assert any("killed by signal 9" in e.text for e in supported.evidence)
 
 
+def test_an_oom_kill_in_the_cgroup_does_not_override_a_named_cause() -> None:
+    """nixbuild's cgroup may hold the user's shell and more: a kill there while a build
+    fails for its own reason must not make that failure "oom" (less parallelism, -bin)."""
+    cgroup = LogLine(0, "cgroup memory.events oom_kill 1 → 2", Source.EXTERNAL)
+    compile_error = (
+        f"building '{FOO}'...\nfoo> main.c:3:5: error: 'x' undeclared (first use in this function)"
+        f"\nerror: builder for '{FOO}' failed with exit code 2"
+    )
+    diagnosis = diagnose(compile_error, ExitInfo(status=1), [cgroup])
+    assert diagnosis is not None
+    assert (diagnosis.kind, diagnosis.rule) == (Kind.BUILD, "build.compile-error")
+    generic = f"building '{FOO}'...\nerror: builder for '{FOO}' failed with exit code 2"
+    diagnosis = diagnose(generic, ExitInfo(status=1), [cgroup])
+    assert diagnosis is not None  # the log names no cause: the kill is the best explanation
+    assert (diagnosis.kind, diagnosis.rule) == (Kind.OOM, "oom.cgroup-oom-kill")
+
+
 def test_a_failure_with_no_recognisable_cause_is_unknown() -> None:
     diagnosis = diagnose(f"building '{FOO}'...\nfoo> doing things", ExitInfo(status=1))
     assert diagnosis is not None
