@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import process
 from .errors import NixMissingError
-from .nixcmd import INSTALL_HINT
+from .nixcmd import INSTALL_HINT, version_tuple
 
 Runner = Callable[[list[str]], process.Completed]
 CACHE_FILENAME = "nix-version.json"
@@ -166,9 +166,28 @@ def user_and_groups() -> tuple[str, frozenset[str]]:
     return user, frozenset(names)
 
 
-def trusted_users(runner: Runner) -> str | None:
+def nix_config(runner: Runner) -> dict[str, str]:
+    """nix's settings as it reports them; empty when it cannot say."""
     shown = _run(runner, ["nix", "--extra-experimental-features", "nix-command", "show-config"])
     if shown is None or not shown.ok:
         shown = _run(runner, ["nix", "config", "show"])
-    config = parse_nix_config(shown.stdout) if shown is not None and shown.ok else {}
-    return config.get("trusted-users")
+    return parse_nix_config(shown.stdout) if shown is not None and shown.ok else {}
+
+
+def build_dir(
+    env: Mapping[str, str], mode: str | None, version: str | None, configured: str | None
+) -> Path:
+    """Where nix creates the builds' temporary directories (the disk a build fills first).
+
+    The ``build-dir`` setting when it is set (Nix 2.22 and later); else, from Nix 2.30,
+    ``builds`` in the state directory; before 2.30 the TMPDIR of whoever runs the builder:
+    ours when nix opens the store itself, the daemon's with a daemon. That one is not
+    visible from here; a daemon started by its usual unit has none, so /tmp.
+    """
+    if configured:
+        return Path(configured)
+    if version is not None and version_tuple(version) >= (2, 30, 0):
+        return Path(env.get("NIX_STATE_DIR") or "/nix/var/nix") / "builds"
+    if mode == "daemon":
+        return Path("/tmp")
+    return Path(env.get("TMPDIR") or "/tmp")

@@ -16,7 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import process
-from .nixfacts import nix_version, options_honoured, store_mode, trusted_users, user_and_groups
+from .nixfacts import (
+    build_dir,
+    nix_config,
+    nix_version,
+    options_honoured,
+    store_mode,
+    user_and_groups,
+)
 
 Reader = Callable[[str], str | None]
 Runner = Callable[[list[str]], process.Completed]
@@ -325,9 +332,8 @@ def collect_facts(
     affinity = len(os.sched_getaffinity(0))
     quota = read_cpu_quota(read)
     store = Path(env.get("NIX_STORE_DIR") or "/nix/store")
-    build = Path(env.get("TMPDIR") or "/tmp")  # nix's own default build dir
-
     mode = None
+    config: dict[str, str] = {}
     honoured: bool | None = None
     reason = "nix is not installed"
     version = nix_version(runner, env, version_cache)
@@ -340,9 +346,10 @@ def collect_facts(
         )
         # Only a daemon's trusted-users matter, and asking nix for its configuration costs
         # a process start before every build: skip it when nix opens the store itself.
-        trusted = None if mode == "local" else trusted_users(runner)
+        config = {} if mode == "local" else nix_config(runner)
         user, groups = user_and_groups()
-        honoured, reason = options_honoured(mode, user, groups, trusted)
+        honoured, reason = options_honoured(mode, user, groups, config.get("trusted-users"))
+    build = build_dir(env, mode, version, config.get("build-dir"))
     return MachineFacts(
         mem_total_bytes=memory.total_bytes,
         mem_available_bytes=memory.available_bytes,

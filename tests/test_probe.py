@@ -16,7 +16,7 @@ from nixbuild.assess import GiB, Thresholds, assess
 from nixbuild.cli_service import doctor_command, render_doctor
 from nixbuild.errors import UsageError
 from nixbuild.model import Variant
-from nixbuild.nixfacts import options_honoured, parse_nix_config, store_mode
+from nixbuild.nixfacts import build_dir, options_honoured, parse_nix_config, store_mode
 from nixbuild.probe import (
     MachineFacts,
     Reader,
@@ -355,9 +355,22 @@ def test_the_daemon_config_is_read_only_for_a_daemon(
         return process.Completed(tuple(argv), 0, out, "")
 
     env = {"NIX_STORE_DIR": str(tmp_path), "NIX_STATE_DIR": str(tmp_path), "NIX_REMOTE": nix_remote}
-    facts = collect_facts(env, run=recorded)
+    facts = collect_facts({**env, "TMPDIR": str(tmp_path / "client-tmp")}, run=recorded)
     assert any("show-config" in argv for argv in calls) is asked
     assert facts.nix_options_honoured is honoured
+    # Our TMPDIR is where builds go only when nix opens the store itself.
+    assert facts.build_dir == (str(tmp_path / "client-tmp") if nix_remote == "" else "/tmp")
+
+
+def test_the_build_dir_follows_the_setting_the_version_and_the_store_mode() -> None:
+    env = {"TMPDIR": "/run/user/1000", "NIX_STATE_DIR": "/state"}
+    assert build_dir(env, "local", "2.8.0", None) == Path("/run/user/1000")
+    assert build_dir({}, "local", "2.8.0", None) == Path("/tmp")
+    assert build_dir(env, "daemon", "2.24.10", None) == Path("/tmp")  # the daemon's, not ours
+    assert build_dir(env, "daemon", "2.30.0", None) == Path("/state/builds")
+    assert build_dir({}, "local", "2.31.2pre", None) == Path("/nix/var/nix/builds")
+    assert build_dir(env, "daemon", "2.24.10", "/big/builds") == Path("/big/builds")
+    assert build_dir(env, "local", None, "") == Path("/run/user/1000")  # shown but not set
 
 
 # --- nixbuild doctor ---------------------------------------------------------------------
