@@ -80,16 +80,36 @@ class CiObserver(BaseObserver):
             self.say(line)
 
 
+_PATH_MAX = 4096  # Linux's limit on a path handed to the kernel, terminating NUL included
+
+
 def check_report_path(path: str | None, option: str) -> Path | None:
-    """Fail before building, not after hours, when a report cannot be written there."""
+    """Fail before building, not after hours, when a report cannot be written there.
+
+    Reports are written to a temporary file that then replaces the target, so the target
+    must be a regular file (or not exist yet): renamed over, ``/dev/null`` or a FIFO would
+    be destroyed. A symlink is followed: its target is replaced, the link stays.
+    """
     if path is None:
         return None
-    target = Path(path).expanduser()
-    if target.is_dir():
-        raise UsageError(f"{option} {path}: is a directory; give a file path")
+    target = Path(os.path.realpath(Path(path).expanduser()))
     if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
         raise UsageError(
             f"{option} {path}: directory {target.parent} does not exist or is not writable"
+        )
+    name_max = os.pathconf(target.parent, "PC_NAME_MAX")
+    if len(os.fsencode(target.name)) > name_max or len(os.fsencode(target)) >= _PATH_MAX:
+        raise UsageError(
+            f"{option} {path}: the name is too long for the file system "
+            f"(at most {name_max} bytes a name, {_PATH_MAX - 1} in all)"
+        )
+    if target.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; give a file path")
+    if target.exists() and not target.is_file():
+        raise UsageError(
+            f"{option} {path}: is not a regular file (a device, FIFO or socket), and the "
+            "report would replace it",
+            hint="give the path of a regular file, or of one that does not exist yet",
         )
     return target
 

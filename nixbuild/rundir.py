@@ -49,11 +49,30 @@ def create_run_dir(log_dir: Path, run_id: str) -> Path:
     return run_dir
 
 
+def _new_file_mode() -> int:
+    """0o666 less the umask: what open() would have given (mkstemp always gives 0o600)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:  # noqa: PTH123
+            umask = next(int(ln.split()[1], 8) for ln in status if ln.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = 0o022
+    return 0o666 & ~umask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
+    """Write via a temporary file and rename, so readers never see half a file.
+
+    The file gets the mode a plain write would give it: an existing file's own, else
+    0o666 less the umask (a CI job's report is read by the steps that upload it).
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            try:
+                mode = path.stat().st_mode & 0o7777
+            except OSError:
+                mode = _new_file_mode()
+            os.fchmod(fh.fileno(), mode)
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

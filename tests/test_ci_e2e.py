@@ -529,6 +529,54 @@ def test_report_flags_on_the_command_line(
             assert result.returncode == 1, explain(result)
 
 
+def test_report_paths_that_would_be_destroyed_are_refused_before_building(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    """Reports replace their file by renaming: over /dev/null or a FIFO that destroys it."""
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    long_name = tmp_path / ("r" * 300 + ".xml")
+    env = ci_env("plain")
+    for flag, target, message in [
+        ("--json", fifo, "not a regular file"),
+        ("--junit", Path("/dev/null"), "not a regular file"),
+        ("--junit", long_name, "name is too long"),
+    ]:
+        result = nixbuild(
+            "build", f"path:{flake}#ok", flag, str(target), "--log-dir", str(tmp_path / "logs"),
+            cwd=tmp_path / "work", env=env,
+        )  # fmt: skip
+        assert result.returncode == 2, explain(result)
+        assert message in result.stderr
+        assert not (tmp_path / "logs").exists()  # refused before the run started
+    assert fifo.is_fifo()
+    assert Path("/dev/null").is_char_device()
+
+
+def test_a_report_through_a_symlink_replaces_its_target_with_the_usual_mode(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "reports").mkdir()
+    real = tmp_path / "reports" / "real.json"
+    real.write_text("old")
+    real.chmod(0o640)  # an existing report keeps its mode
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    new = tmp_path / "new.xml"
+    result = nixbuild(
+        "build", f"path:{flake}#ok", "--json", str(link), "--junit", str(new),
+        "--log-dir", str(tmp_path / "logs"), "--out-link", str(tmp_path / "result"),
+        cwd=tmp_path / "work", env=ci_env("plain"),
+    )  # fmt: skip
+    assert result.returncode == 0, explain(result)
+    assert link.is_symlink()
+    assert read_json(real)["status"] == "success"
+    assert real.stat().st_mode & 0o777 == 0o640
+    umask = os.umask(0)
+    os.umask(umask)
+    assert new.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain write, not mkstemp's 0600
+
+
 # --- nixbuild run -- <the command line of a CI workflow> ------------------------------------
 
 
