@@ -18,7 +18,7 @@ from .errors import UsageError
 from .model import AttemptRecord, AttemptSpec
 from .observers import BaseObserver, RunStart
 from .report import json_report, junit_xml
-from .rundir import write_text_atomic
+from .rundir import check_name_length, write_text_atomic
 from .summary import Outcome, attempt_json
 
 TAIL_LINES = 40
@@ -80,9 +80,6 @@ class CiObserver(BaseObserver):
             self.say(line)
 
 
-_PATH_MAX = 4096  # Linux's limit on a path handed to the kernel, terminating NUL included
-
-
 def check_report_path(path: str | None, option: str) -> Path | None:
     """Fail before building, not after hours, when a report cannot be written there.
 
@@ -97,12 +94,7 @@ def check_report_path(path: str | None, option: str) -> Path | None:
         raise UsageError(
             f"{option} {path}: directory {target.parent} does not exist or is not writable"
         )
-    name_max = os.pathconf(target.parent, "PC_NAME_MAX")
-    if len(os.fsencode(target.name)) > name_max or len(os.fsencode(target)) >= _PATH_MAX:
-        raise UsageError(
-            f"{option} {path}: the name is too long for the file system "
-            f"(at most {name_max} bytes a name, {_PATH_MAX - 1} in all)"
-        )
+    check_name_length(target, option)
     if target.is_dir():
         raise UsageError(f"{option} {path}: is a directory; give a file path")
     if target.exists() and not target.is_file():

@@ -36,17 +36,40 @@ def new_run_id(now: datetime) -> str:
 def create_run_dir(log_dir: Path, run_id: str) -> Path:
     """Create the run directory or fail with a message that says what to do (exit 2)."""
     run_dir = log_dir / run_id
+    probe = run_dir / ".write-test"
+    made_log_dir = not log_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
-        probe = run_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
+        # Nothing half-made stays behind: the probe, the run directory, a log dir made now.
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+        if made_log_dir:
+            with contextlib.suppress(OSError):
+                log_dir.rmdir()
         raise UsageError(
             f"cannot write run logs under {log_dir}: {exc.strerror or exc}",
             hint="choose a writable directory with --log-dir DIR or NIXBUILD_LOG_DIR",
         ) from None
     return run_dir
+
+
+_PATH_MAX = 4096  # Linux's limit on a path handed to the kernel, terminating NUL included
+_NAME_MAX = 255  # and on one name in it, on every common Linux file system
+
+
+def check_name_length(path: Path, option: str) -> None:
+    """Refuse a path the kernel would refuse (ENAMETOOLONG), before any work is done."""
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    if longest > _NAME_MAX or len(os.fsencode(path)) >= _PATH_MAX:
+        raise UsageError(
+            f"{option} {str(path)[:80]}…: too long a name "
+            f"(at most {_NAME_MAX} bytes a name, {_PATH_MAX - 1} in all)"
+        )
 
 
 def _new_file_mode() -> int:

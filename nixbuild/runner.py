@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import assess, cidetect, nixcmd, nixfacts, plan, policy, probe, retention
+from . import assess, cidetect, nixcmd, nixfacts, outlink, plan, policy, probe, retention
 from . import config as config_mod
 from .attempt import AttemptSettings
 from .console import Console
@@ -200,6 +200,9 @@ def run_supervised(
     reason = None if wrapped else nixcmd.check_installable(target)
     if reason is not None:
         raise UsageError(f"malformed installable {target!r}: {reason}")
+    # Checked now, not when the policy falls back to it after hours of failed source attempts.
+    if cfg["fallback"] and (reason := nixcmd.check_installable(cfg["fallback"])) is not None:
+        raise UsageError(f"malformed fallback {cfg['fallback']!r}: {reason}")
     clash = nixcmd.parallelism_in(extra)
     if clash is not None:
         raise UsageError(
@@ -323,17 +326,9 @@ def _mode_and_gcroot(
 
 
 def _gcroot(cfg: config_mod.Config, mode: Mode, state_dir: Path, target: str) -> Path:
-    gcroot = cfg.get_path("out_link")
-    if gcroot is None:
-        gcroot = (
-            Path("result") if mode is Mode.BUILD else state_dir / "profiles" / nixcmd.slug(target)
-        )
-    gcroot = gcroot.absolute()
-    try:
-        gcroot.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {gcroot.parent} for the GC root: {exc.strerror}") from None
-    return gcroot
+    return outlink.checked_out_link(
+        cfg.get_path("out_link") or outlink.default_out_link(mode, state_dir, target)
+    )
 
 
 def _attempt_settings(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import ExitCode
 from .model import AttemptSpec, Mode
+from .outlink import checked_out_link
 from .process import CommandNotFound, Supervised, each_line
 from .wrapcmd import WrapMode, WrappedCommand
 
@@ -27,7 +28,7 @@ def wrap_gcroot(wrapped: WrappedCommand) -> Path | None:
     """Where the result link will be, so success is read from the store; None if none."""
     if wrapped.mode is WrapMode.DEVELOP or wrapped.no_link:
         return None
-    return Path(wrapped.out_link or "result").absolute()
+    return checked_out_link(Path(wrapped.out_link or "result"))
 
 
 def wrap_argv(wrapped: WrappedCommand) -> Callable[[AttemptSpec], Sequence[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -241,6 +242,34 @@ def test_bad_input_exits_2_with_one_clear_line(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["build", "path:{flake}#ok", "--out-link", "{taken}"], "exists and is not a symlink"),
+        (["build", "path:{flake}#ok", "--out-link", "/proc/self/status"], "is not a symlink"),
+        (["build", "path:{flake}#ok", "--out-link", "{tmp}/" + "r" * 300], "too long a name"),
+        (["develop", "path:{flake}#ok", "--out-link", "{taken}", "-c", "true"], "not a symlink"),
+        (["run", "--", "nix", "build", "path:{flake}#ok", "--out-link", "{taken}"], "symlink"),
+        (["build", "path:{flake}#fail", "--fallback", "x y"], "malformed fallback 'x y'"),
+        (["build", "path:{flake}#fail", "--fallback", "-x"], "malformed fallback '-x'"),
+    ],
+)
+def test_what_would_fail_after_the_build_is_refused_before_it(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    """A result link nix cannot make, or a fallback nix cannot parse, fails only after
+    hours of building: exit 2 first, with no run started."""
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    command, *rest = [a.format(flake=flake, taken=taken, tmp=tmp_path) for a in args]
+    result = nixbuild(command, "--log-dir", str(tmp_path / "l"), *rest, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "l").exists()
+    assert taken.is_dir()
+
+
 def test_missing_nix_exits_3(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=str(tmp_path))  # no nix on this PATH
     result = nixbuild("build", ".#x", "--log-dir", str(tmp_path / "l"), cwd=tmp_path, env=env)
@@ -301,6 +330,21 @@ def test_full_log_dir_does_not_stop_the_build(
     warnings = [line for line in result.stderr.splitlines() if "cannot write run logs" in line]
     assert warnings and "the build goes on" in warnings[0]
     assert (tmp_path / "result").resolve().name.endswith("-fixture-chatty-1.0")
+
+
+def test_a_log_dir_full_from_the_start_is_refused_and_left_as_it_was(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path, tiny_log_dir: Path
+) -> None:
+    filler = tiny_log_dir / "filler"
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as out:
+        while True:
+            out.write(b"x" * 4096)
+    result = nixbuild(
+        "build", f"path:{flake}#ok", "--log-dir", str(tiny_log_dir / "logs"), cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    assert "cannot write run logs" in result.stderr
+    assert [p.name for p in tiny_log_dir.iterdir()] == ["filler"]  # no run dir, no probe
 
 
 @pytest.mark.parametrize(
