@@ -77,9 +77,16 @@ def missing_nix_error() -> NixMissingError:
     found = shutil.which("nix")
     if found is not None:  # there, but `nix --version` did not run or said nothing usable
         return NixMissingError(
-            f"{found} does not work (`nix --version` failed)",
+            f"{found} does not work (`nix --version` failed or did not answer in time)",
             hint="run `nix --version` to see why; reinstall Nix if it cannot start",
         )
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        unusable = Path(directory or ".") / "nix"
+        if unusable.exists():  # which() skips it: a directory, or a file without x
+            return NixMissingError(
+                f"{unusable} is on PATH but is not an executable program",
+                hint="fix its permissions (chmod +x) or remove it; " + INSTALL_HINT,
+            )
     return NixMissingError("nix is not installed (not found on PATH)", hint=INSTALL_HINT)
 
 

@@ -286,8 +286,23 @@ def test_a_nix_that_does_not_run_exits_3_and_says_so(tmp_path: Path) -> None:
     env = dict(os.environ, PATH=f"{bindir}:/usr/bin:/bin")
     result = nixbuild("build", ".#x", "--log-dir", str(tmp_path / "l"), cwd=tmp_path, env=env)
     assert result.returncode == 3
-    assert f"{bindir / 'nix'} does not work (`nix --version` failed)" in result.stderr
+    assert f"{bindir / 'nix'} does not work (`nix --version` failed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["file without x", "directory"])
+def test_a_nix_on_path_that_is_not_a_program_is_named(tmp_path: Path, kind: str) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    if kind == "directory":
+        (bindir / "nix").mkdir()
+    else:
+        (bindir / "nix").write_text("#!/bin/sh\n")
+        (bindir / "nix").chmod(0o644)
+    env = dict(os.environ, PATH=str(bindir))  # the machine's real nix is not on this PATH
+    result = nixbuild("build", ".#x", "--log-dir", str(tmp_path / "l"), cwd=tmp_path, env=env)
+    assert result.returncode == 3
+    assert f"{bindir / 'nix'} is on PATH but is not an executable program" in result.stderr
 
 
 @pytest.fixture
