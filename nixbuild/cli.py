@@ -8,8 +8,9 @@ only in ``main`` ("raise deep, exit at the edge").
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import click
@@ -31,13 +32,37 @@ Exit codes:
 """
 
 
+class WholeNumber(click.IntRange):
+    """click's integer (optionally in a range), in ASCII digits only.
+
+    int() also reads '٣' (Arabic-Indic digits) and '1_000', and fails on thousands of
+    digits with a message about Python's limits; nixbuild's own parser reads neither.
+    """
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            from .config import is_whole_number, whole_number
+
+            if not is_whole_number(value):
+                self.fail(f"{value!r} is not a valid integer.", param, ctx)
+            try:
+                value = whole_number(value)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def run_options(func: F) -> F:
     """Options shared by build, develop, run and demo. Each has an env twin NIXBUILD_<NAME>."""
     options = [
         click.option(
-            "--cores", type=int, help="nix `cores`: compiler jobs per build [min(8, CPUs)]"
+            "--cores",
+            type=WholeNumber(),
+            help="nix `cores`: compiler jobs per build [min(8, CPUs)]",
         ),
-        click.option("--max-jobs", type=int, help="nix `max-jobs`: builds at once [1]"),
+        click.option("--max-jobs", type=WholeNumber(), help="nix `max-jobs`: builds at once [1]"),
         click.option("--job", help="a named job from the config file ([jobs.NAME])"),
         click.option(
             "--config",
@@ -56,7 +81,9 @@ def run_options(func: F) -> F:
         click.option(
             "--no-fallback", is_flag=True, default=None, help="never fall back to a -bin variant"
         ),
-        click.option("--max-attempts", type=int, help="attempts in all, fallback included [6]"),
+        click.option(
+            "--max-attempts", type=WholeNumber(), help="attempts in all, fallback included [6]"
+        ),
         click.option(
             "--deadline", help="start no attempt after, and stop at, this time of day (HH:MM)"
         ),
@@ -245,7 +272,14 @@ def show_config(job: str | None, config_path: str | None) -> int:
 @cli.command()
 @click.option("--job", help="only runs of this job")
 @click.option("--installable", help="only runs of this installable")
-@click.option("-n", "--limit", default=20, show_default=True, help="how many runs")
+@click.option(
+    "-n",
+    "--limit",
+    type=WholeNumber(1, 100_000),
+    default=20,
+    show_default=True,
+    help="how many runs",
+)
 @click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), help="config file to read"
 )
@@ -257,7 +291,37 @@ def history(job: str | None, installable: str | None, limit: int, config_path: s
     return 0
 
 
+def _escaped(text: str) -> str:
+    """``repr``-style, with the bytes that are not UTF-8 as ``\\xff`` (Python keeps them as
+    lone surrogates, which fail only later, when written to a file or a log)."""
+    body = "".join(
+        f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff" else repr(c)[1:-1] for c in text
+    )
+    return f"'{body}'"
+
+
+def _refuse_non_utf8(argv: Sequence[str], environ: Mapping[str, str]) -> None:
+    """Exit 2 before anything is built or written when an argument or a NIXBUILD_* value is
+    not valid UTF-8: run directories, logs, the ledger and the reports all need UTF-8."""
+    bad = [(f"argument {i}", arg) for i, arg in enumerate(argv, 1)]
+    bad += [
+        (f"environment variable {k}", v) for k, v in environ.items() if k.startswith("NIXBUILD_")
+    ]
+    for what, text in bad:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            click.echo(
+                f"nixbuild: error: {what} ({_escaped(text)}) is not valid UTF-8: "
+                "nixbuild needs UTF-8 paths and arguments",
+                err=True,
+            )
+            sys.exit(ExitCode.USAGE)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    _refuse_non_utf8(argv, os.environ)
     try:
         result = cli.main(args=argv, prog_name="nixbuild", standalone_mode=False)
     except click.exceptions.Abort:

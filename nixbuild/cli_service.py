@@ -16,6 +16,7 @@ import click
 from . import config as config_mod
 from . import process
 from .assess import MODES, Thresholds, assess, gib, thresholds_from
+from .cli import WholeNumber
 from .errors import ExitCode, NixbuildError
 from .probe import MachineFacts, collect_facts
 from .retention import is_run_dir_name
@@ -122,7 +123,14 @@ def _last_run(job: str, workdir: str) -> str:
 
 @service_group.command("logs")
 @click.argument("job", callback=_job)
-@click.option("-n", "--lines", default=200, show_default=True, help="how many lines")
+@click.option(
+    "-n",
+    "--lines",
+    type=WholeNumber(1, 100_000),
+    default=200,
+    show_default=True,
+    help="how many lines",
+)
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
 @click.option(
     "--log-dir",

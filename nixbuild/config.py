@@ -22,18 +22,57 @@ from .errors import ConfigError
 Parser = Callable[[object], object]
 
 
-def _int_at_least(minimum: int) -> Parser:
+# cores and max-jobs: far above any machine's CPU count, far below what nix (2^63-1) and
+# SQLite's INTEGER (the ledger stores them) accept.
+MAX_PARALLELISM = 65536
+_INT64_MAX = 2**63 - 1  # what the ledger can store: the ceiling of every other whole number
+
+# int() also reads '٣' (Arabic-Indic), '1_000' and, above 4300 digits, fails with a message
+# about Python: a number here is ASCII digits, and a few dozen of them at most.
+_WHOLE = re.compile(r"\s*([+-]?)0*([0-9]+)\s*", re.ASCII)
+_MAX_DIGITS = 30
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut short: a value of thousands of digits still makes a short message."""
+    if isinstance(value, int) and value.bit_length() > 128:  # str() of 4300+ digits fails
+        return f"a number of about {int(value.bit_length() * math.log10(2))} digits"
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    quote = text[0] if text[0] in "'\"" else ""
+    return f"{text[:limit]}…{quote} ({len(text) - 2 * len(quote)} characters)"
+
+
+def is_whole_number(text: str) -> bool:
+    """True for an optionally signed run of ASCII digits (not '٣', not '1_000', not '1.0')."""
+    return _WHOLE.fullmatch(text) is not None
+
+
+def whole_number(value: object) -> int:
+    """An int, or a string of ASCII digits, as an int; ValueError otherwise or when huge."""
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number, not true/false")
+    if isinstance(value, int):
+        return value
+    match = _WHOLE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"expected a whole number, got {shown(value)}")
+    sign, digits = match.groups()
+    if len(digits) > _MAX_DIGITS:
+        raise ValueError(f"{shown(value)} is too large a number")
+    return int(sign + digits)
+
+
+def _int_at_least(minimum: int, maximum: int | None = None) -> Parser:
     def parse(value: object) -> int:
-        if isinstance(value, bool):
-            raise ValueError("expected a whole number, not true/false")
-        try:
-            number = int(value) if isinstance(value, int | str) else None
-        except ValueError:
-            number = None
-        if number is None:
-            raise ValueError(f"expected a whole number, got {value!r}")
+        number = whole_number(value)
+        if maximum is not None and not minimum <= number <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}, got {shown(number)}")
         if number < minimum:
-            raise ValueError(f"must be at least {minimum}, got {number}")
+            raise ValueError(f"must be at least {minimum}, got {shown(number)}")
+        if number > _INT64_MAX:
+            raise ValueError(f"{shown(number)} is too large a number")
         return number
 
     return parse
@@ -52,7 +91,9 @@ def _bool(value: object) -> bool:
 
 def _str(value: object) -> str:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a non-empty string, got {value!r}")
+        raise ValueError(f"expected a non-empty string, got {shown(value)}")
+    if "\0" in value:  # a path or an argument with one fails only when used, maybe mid-run
+        raise ValueError(f"must not contain a NUL character (\\u0000), got {shown(value)}")
     return value
 
 
@@ -66,27 +107,33 @@ def _choice(*choices: str) -> Parser:
 
 
 # Hours and minutes are whole; seconds may have a fraction (``0.5s``, ``2m7.5s``).
+# re.ASCII: \d would otherwise match '٣' and the like, which int() then reads as 3.
 _DURATION = re.compile(
-    r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$"
+    r"^\s*(?:(\d+)\s*h)?\s*(?:(\d+)\s*m(?:in)?)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$", re.ASCII
 )
 
 
 def _seconds(value: object, *, zero_ok: bool) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"expected a finite number of seconds, got {value}")
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int from a file, too large for a float
+            seconds = math.inf
     else:
         match = _DURATION.match(str(value))
         if not match or not any(match.groups()):
-            raise ValueError(f"expected a duration like 45s, 0.5s, 90m or 2h30m, got {value!r}")
+            raise ValueError(
+                f"expected a duration like 45s, 0.5s, 90m or 2h30m, got {shown(value)}"
+            )
         hours, minutes, secs = match.groups()
-        try:
-            seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
-        except OverflowError:  # hundreds of digits: an int too large for a float
+        if max(len(hours or ""), len(minutes or "")) > _MAX_DIGITS:  # int() refuses 4300+
             seconds = math.inf
+        else:
+            seconds = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(secs or 0)
     if not math.isfinite(seconds):  # float("1" + "0" * 400) is inf, not an error
-        raise ValueError(f"{value!r} is too long a duration")
+        raise ValueError(f"{shown(value)} is too long a duration")
     if seconds < 0 or (seconds == 0 and not zero_ok):
         raise ValueError(f"must be {'zero or more' if zero_ok else 'positive'}, got {value!r}")
     return seconds
@@ -98,22 +145,23 @@ def parse_duration(value: object) -> float:
     return _seconds(value, zero_ok=False)
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE | re.ASCII)
 
 
 def parse_size(value: object) -> int:
     """``536870912``, ``"512M"``, ``"20G"``, ``"1.5GiB"`` → bytes."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
-            raise ValueError(f"must not be negative, got {value}")
-        return value
-    match = _SIZE.match(str(value))
-    if not match:
-        raise ValueError(f"expected a size like 512M or 20G, got {value!r}")
-    number, unit = float(match.group(1)), match.group(2).upper()
-    size = number * 1024 ** "_KMGT".index(unit or "_")
-    if not math.isfinite(size):
-        raise ValueError(f"{value!r} is too large a size")
+            raise ValueError(f"must not be negative, got {shown(value)}")
+        size: float = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ValueError(f"expected a size like 512M or 20G, got {shown(value)}")
+        number, unit = float(match.group(1)), match.group(2).upper()
+        size = number * 1024 ** "_KMGT".index(unit or "_")
+    if not size <= _INT64_MAX:  # also inf: float("1" + "0" * 400) is not an error
+        raise ValueError(f"{shown(value)} is too large a size")
     return int(size)
 
 
@@ -124,8 +172,8 @@ def parse_delay(value: object) -> float:
 
 def _deadline(value: object) -> str:
     text = str(value)
-    if not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", text):
-        raise ValueError(f"expected a time of day HH:MM, got {value!r}")
+    if not re.fullmatch(r"([01]?[0-9]|2[0-3]):[0-5][0-9]", text):
+        raise ValueError(f"expected a time of day HH:MM, got {shown(value)}")
     return text
 
 
@@ -141,8 +189,13 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("installable", _str, None, "what to build (default .#default)"),
     Option("mode", _choice("build", "develop"), "build", "nix build or nix develop"),
-    Option("cores", _int_at_least(1), None, "nix `cores` (default min(8, usable CPUs))"),
-    Option("max_jobs", _int_at_least(1), 1, "nix `max-jobs`"),
+    Option(
+        "cores",
+        _int_at_least(1, MAX_PARALLELISM),
+        None,
+        "nix `cores` (default min(8, usable CPUs))",
+    ),
+    Option("max_jobs", _int_at_least(1, MAX_PARALLELISM), 1, "nix `max-jobs`"),
     Option("fallback", _str, None, "prebuilt variant to fall back to"),
     Option("no_fallback", _bool, False, "never fall back to a -bin variant"),
     Option("max_attempts", _int_at_least(1), 6, "attempts in all, fallback included"),
@@ -277,6 +330,10 @@ def read_config_file(path: Path) -> tuple[dict[str, object], dict[str, dict[str,
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
+    except ValueError:  # int() refuses an integer of more than 4300 digits
+        raise ConfigError(f"{path}: invalid TOML: a number is too large") from None
     jobs_table = data.pop("jobs", {})
     if not isinstance(jobs_table, dict):
         raise ConfigError(f"{_where(path, text, 'jobs')}: `jobs` must be a table of [jobs.NAME]")

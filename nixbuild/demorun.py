@@ -24,8 +24,9 @@ def run_demo(opts: Mapping[str, Any]) -> int:
         (workdir / "nonce.txt").write_text(os.urandom(8).hex())
         demo = dict(opts)
         # Start high so the ladder shows even on a small machine; keep the pauses short.
-        demo.setdefault("cores", None)
-        demo["cores"] = demo["cores"] or 8
+        # `is None`, not `or`: --cores 0 must reach the config check and be refused (exit 2).
+        if demo.get("cores") is None:
+            demo["cores"] = 8
         demo["fallback"] = demo.get("fallback") or f"path:{workdir}#demo-app-bin"
         demo["oom_delay"] = 1
         # --offline: the demo needs nothing from a binary cache and must not wait for one.

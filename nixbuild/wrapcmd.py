@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import PurePath
 
 from . import wrapflags as flags
+from .config import MAX_PARALLELISM, shown
 from .errors import UsageError
 
 
@@ -158,7 +159,7 @@ def _expand_short(tok: str) -> list[str]:
     Applied to one token when the scan reaches it, so words after ``--command`` or used as an
     option's value (``-c pytest -xvs``) are never split.
     """
-    if m := re.fullmatch(r"-j(\d+|auto)", tok):
+    if m := re.fullmatch(r"-j([0-9]+|auto)", tok):
         return ["-j", m.group(1)]
     if re.fullmatch(r"-[A-Za-z]{2,}", tok):
         return [f"-{c}" for c in tok[1:]]
@@ -169,8 +170,11 @@ def _parallelism(flag: str, value: str) -> int | None:
     """An int, or None for the "no limit" spellings nixbuild replaces (auto, cores 0)."""
     if value == "auto":
         return None
-    if not value.isdigit():
-        raise _refuse(f"{flag} {value!r} is not a number")
+    # ASCII digits only: str.isdigit() and int() also take '٣', and int('²') fails.
+    if not re.fullmatch(r"[0-9]+", value, re.ASCII):
+        raise _refuse(f"{flag} {shown(value)} is not a number")
+    if len(value.lstrip("0")) > len(str(MAX_PARALLELISM)) or int(value) > MAX_PARALLELISM:
+        raise _refuse(f"{flag} must be between 1 and {MAX_PARALLELISM}, got {shown(value)}")
     number = int(value)
     if number == 0 and flag in flags.JOBS:
         raise _refuse(

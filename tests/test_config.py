@@ -60,7 +60,7 @@ def test_user_config_dir_is_the_second_choice(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("cores = [\n", "invalid TOML"),
-        ("cores = 0\n", ":1: cores: must be at least 1"),
+        ("cores = 0\n", ":1: cores: must be between 1 and 65536, got 0"),
         ('\n\nmode = "shell"\n', ":3: mode: expected one of build, develop"),
         ("corse = 4\n", ":1: unknown key 'corse'"),
         ('[jobs.x]\ndeadline = "25:00"\n', ":2: deadline: expected a time of day"),
@@ -77,6 +77,26 @@ def test_user_config_dir_is_the_second_choice(tmp_path: Path) -> None:
         (f'settle_delay = "1{"0" * 400}s"\n', ":1: settle_delay: '1000"),
         (f'oom_delay = "{"9" * 400}h"\n', "is too long a duration"),
         (f'keep_size = "1{"0" * 400}G"\n', "is too large a size"),
+        # Larger than nix (2^63-1) and the ledger's SQLite INTEGER accept: once a crash
+        # (OverflowError) after the build, when the ledger stored the attempt.
+        (f"cores = {10**26}\n", f":1: cores: must be between 1 and 65536, got {10**26}"),
+        ("\n[jobs.x]\nmax_jobs = 65537\n", ":3: max_jobs: must be between 1 and 65536, got 65537"),
+        (f"keep_runs = {2**63}\n", f":1: keep_runs: {2**63} is too large a number"),
+        (f"keep_size = {2**63}\n", f":1: keep_size: {2**63} is too large a size"),
+        (f"oom_delay = {10**400}\n", ":1: oom_delay: a number of about 400 digits is too long"),
+        # tomllib recurses once per level (RecursionError) and int() refuses 4300+ digits.
+        (f"x = {'[' * 5000}{']' * 5000}\n", "invalid TOML: arrays or tables nested too deeply"),
+        (f"x = {'{a=' * 3000}1{'}' * 3000}\n", "invalid TOML: arrays or tables nested too deeply"),
+        (f"cores = {'9' * 5000}\n", "invalid TOML: a number is too large"),
+        # int(), str.isdigit() and \\d take Arabic-Indic digits; nixbuild reads ASCII only.
+        ('cores = "\u0663"\n', ":1: cores: expected a whole number, got '\u0663'"),
+        ('max_duration = "\u0663s"\n', ":1: max_duration: expected a duration like 45s"),
+        ('grace = "\u0663"\n', ":1: grace: expected a duration like 45s"),
+        ('keep_size = "\u0663G"\n', ":1: keep_size: expected a size like 512M"),
+        ('deadline = "\u0663:00"\n', ":1: deadline: expected a time of day"),
+        # Python's "Exceeds the limit (4300 digits)" message must not reach the user.
+        (f'max_duration = "{"9" * 5000}m"\n', ":1: max_duration: '99999"),
+        (f'max_duration = "{"9" * 5000}h"\n', "(5001 characters) is too long a duration"),
     ],
 )
 def test_invalid_files_name_file_line_and_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -85,6 +105,91 @@ def test_invalid_files_name_file_line_and_problem(tmp_path: Path, text: str, mes
         config.load({}, environ={}, cwd=tmp_path)
     assert str(path) in str(info.value) and message in str(info.value)
     assert info.value.exit_code == ExitCode.USAGE
+    assert "int_max_str_digits" not in str(info.value)
+
+
+# Every string option: a NUL once failed only when the value was used ("embedded null
+# byte"), for --json and --junit only after the build.
+STRING_OPTIONS = [o.name for o in config.OPTIONS if o.parse is config.BY_NAME["log_dir"].parse]
+
+
+def test_string_options_are_the_expected_ones() -> None:
+    assert {"log_dir", "state_dir", "json", "junit", "out_link", "installable", "fallback"} <= set(
+        STRING_OPTIONS
+    )
+
+
+@pytest.mark.parametrize("key", STRING_OPTIONS)
+def test_a_nul_in_a_string_option_names_file_and_line(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path, f'quiet = true\n[jobs.x]\n{key} = "a\\u0000b"\n')
+    with pytest.raises(ConfigError) as info:
+        config.load({}, environ={}, cwd=tmp_path)
+    assert f"{path}:3: {key}: must not contain a NUL character" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("\u0663", "expected a whole number, got '\u0663'"),
+        ("1_000", "expected a whole number, got '1_000'"),
+        ("\u00b2", "expected a whole number"),
+        ("9" * 5000, "(5000 characters) is too large a number"),
+    ],
+)
+def test_whole_numbers_are_ascii_digits(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        config.whole_number(text)
+    assert message in str(info.value)
+    assert config.whole_number(" +0042 ") == 42 and config.whole_number(-3) == -3
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("NIXBUILD_CORES", "70000", "NIXBUILD_CORES: must be between 1 and 65536, got 70000"),
+        ("NIXBUILD_MAX_JOBS", str(2**63), "NIXBUILD_MAX_JOBS: must be between 1 and 65536"),
+        ("NIXBUILD_MAX_JOBS", "\u0663", "NIXBUILD_MAX_JOBS: expected a whole number"),
+        ("NIXBUILD_MAX_DURATION", "9" * 5000 + "m", "(5001 characters) is too long a duration"),
+        ("NIXBUILD_MIN_DISK", "\u0663G", "NIXBUILD_MIN_DISK: expected a size like 512M"),
+    ],
+)
+def test_bad_env_numbers(tmp_path: Path, name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load({}, environ={name: value}, cwd=tmp_path)
+    assert message in str(info.value)
+    assert "int_max_str_digits" not in str(info.value)
+
+
+def test_the_largest_parallelism_is_accepted(tmp_path: Path) -> None:
+    write(tmp_path, "cores = 65536\n")
+    cfg = config.load({"max_jobs": "65536"}, environ={}, cwd=tmp_path)
+    assert (cfg["cores"], cfg["max_jobs"]) == (65536, 65536)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"cores = {10**26}\n", ":1: cores: must be between 1 and 65536"),
+        ('json = "a\\u0000b"\n', ":1: json: must not contain a NUL character"),
+        ('log_dir = "a\\u0000b"\n', ":1: log_dir: must not contain a NUL character"),
+        (f"x = {'[' * 5000}{']' * 5000}\n", ": invalid TOML: arrays or tables nested too deeply"),
+    ],
+)
+def test_a_bad_file_stops_a_build_before_anything_is_written(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    done = subprocess.run(
+        [sys.executable, "-m", "nixbuild", "build", ".#x"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert f"nixbuild: error: {path}{message}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nixbuild.toml"]
 
 
 def test_unknown_job_lists_the_defined_ones(tmp_path: Path) -> None:

@@ -221,6 +221,17 @@ REFUSED = [
     ("nix build .#x --log-format=raw", "unknown option --log-format=raw"),
     ("nix build .#x -j", "needs 1 value"),
     ("nix build .#x --option cores", "needs 2 values"),
+    # Numbers nix itself rejects, or the ledger could not store (it once crashed after the
+    # build with OverflowError), and non-ASCII digits that str.isdigit() takes ('²' crashed).
+    (f"nix build .#x --cores {10**26}", f"--cores must be between 1 and 65536, got '{10**26}'"),
+    (f"nix build .#x --max-jobs {10**26}", "--max-jobs must be between 1 and 65536"),
+    (f"nix build .#x --option cores {10**26}", "--option cores must be between 1 and 65536"),
+    (f"nix-build -A x -j {2**63}", "-j must be between 1 and 65536"),
+    ("nix build .#x --cores 65537", "--cores must be between 1 and 65536, got '65537'"),
+    ("nix build .#x --cores \u0663", "--cores '\u0663' is not a number"),
+    ("nix build .#x --option max-jobs \u0663", "'\u0663' is not a number"),
+    ("nix build .#x --cores \u00b2", "--cores '\u00b2' is not a number"),
+    ("nix build .#x -j\u0663", "unknown option -j\u0663"),
 ]
 
 
@@ -230,6 +241,11 @@ def test_refuses_what_it_cannot_honour(line: str, message: str) -> None:
         parse_wrapped(shlex.split(line))
     assert message in str(info.value)
     assert info.value.exit_code is ExitCode.USAGE
+
+
+def test_the_largest_parallelism_is_accepted() -> None:
+    wrapped = parse_wrapped(shlex.split("nix build .#x --cores 65536 --max-jobs 065536"))
+    assert (wrapped.user_cores, wrapped.user_max_jobs) == (65536, 65536)
 
 
 def test_empty_command_is_refused() -> None:
