@@ -540,7 +540,7 @@ def test_report_paths_that_would_be_destroyed_are_refused_before_building(
     for flag, target, message in [
         ("--json", fifo, "not a regular file"),
         ("--junit", Path("/dev/null"), "not a regular file"),
-        ("--junit", long_name, "name is too long"),
+        ("--junit", long_name, "too long a name"),
     ]:
         result = nixbuild(
             "build", f"path:{flake}#ok", flag, str(target), "--log-dir", str(tmp_path / "logs"),
