@@ -12,7 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .errors import NixbuildError
+from .errors import ExitCode, UsageError
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -42,8 +42,18 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 
-class LedgerError(NixbuildError):
-    """The ledger cannot be opened or written."""
+_STATE_HINT = "set NIXBUILD_STATE_DIR or state_dir to a writable directory"
+
+
+class LedgerError(UsageError):
+    """The ledger cannot be opened or written: a problem of the state directory, not of the
+    build, so exit 2 (exit 1 means "the build failed")."""
+
+
+class LedgerBusy(LedgerError):
+    """Another process kept the ledger locked past the timeout: transient, retry (exit 75)."""
+
+    exit_code = ExitCode.TRANSIENT
 
 
 def open_db(path: Path) -> sqlite3.Connection:
@@ -52,12 +62,17 @@ def open_db(path: Path) -> sqlite3.Connection:
     except OSError as exc:
         raise LedgerError(
             f"cannot create the ledger directory {path.parent}: {exc.strerror or exc}",
-            hint="choose a writable state directory",
+            hint=_STATE_HINT,
         ) from exc
     if path.is_dir():
         raise LedgerError(
             f"the ledger path {path} is a directory",
-            hint="remove it or choose another state directory",
+            hint=f"remove it, or {_STATE_HINT}",
+        )
+    if path.exists() and not path.is_file():
+        raise LedgerError(
+            f"the ledger path {path} is not a regular file (a FIFO, socket or device)",
+            hint=f"remove it, or {_STATE_HINT}",
         )
     db: sqlite3.Connection | None = None
     try:
@@ -135,7 +150,7 @@ def _statements(script: str) -> list[str]:
 def ledger_error(path: Path, verb: str, exc: sqlite3.Error) -> LedgerError:
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
-        return LedgerError(
+        return LedgerBusy(
             f"the ledger {path} stayed locked for {BUSY_TIMEOUT_MS // 1000} s",
             hint="another nixbuild (or a sqlite3 shell) holds it; close that and retry",
         )
@@ -149,7 +164,13 @@ def ledger_error(path: Path, verb: str, exc: sqlite3.Error) -> LedgerError:
     if "unable to open" in text or "readonly" in text:
         return LedgerError(
             f"cannot {verb} the ledger {path}: {text}",
-            hint="check that the file and its directory are readable and writable",
+            hint="check that the file and its directory are readable and writable, or "
+            + _STATE_HINT,
+        )
+    if "full" in text or "disk I/O" in text:  # ENOSPC shows as either
+        return LedgerError(
+            f"cannot {verb} the ledger {path}: {text}",
+            hint=f"check free space and the filesystem of {path.parent}, or {_STATE_HINT}",
         )
     return LedgerError(
         f"cannot {verb} the ledger {path}: {text}",

@@ -5,6 +5,10 @@ this job" is exactly "can I take the lock". The file's content says who holds it
 time, command line) for the error message; a clean release empties the file, so content
 found by a new holder means the previous run died without releasing (SIGKILL, power loss):
 that run is reported as taken over ("abandoned"), never silently.
+
+A state directory that cannot hold the lock (not a directory, read-only, full) is a usage
+error (exit 2) naming the path and the reason; a lock file whose record cannot be written
+is removed again, so no empty lock file is left behind.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ import json
 import os
 import re
 import socket
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from .errors import ExitCode, NixbuildError
+from .errors import ExitCode, NixbuildError, UsageError
 from .redact import redact_argv
 from .systemd import validate_job_name
+
+_STATE_HINT = "set NIXBUILD_STATE_DIR or state_dir to a writable directory"
 
 
 def lock_name(job: str | None, target: str) -> str:
@@ -110,34 +117,82 @@ class JobLock:
         )
 
     def acquire(self) -> JobLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open_locked()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = parse_holder(_read_all(fd))
+            self.took_over = parse_holder(_read_all(fd))
+            now = self._now or dt.datetime.now(dt.UTC)
+            me = LockHolder(
+                pid=os.getpid(),
+                started_at=now.isoformat(timespec="seconds"),
+                command=self._command,
+                host=socket.gethostname(),
+            )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me.to_json().encode() + b"\n", 0)
+            os.fsync(fd)
+        except OSError as exc:
+            # Nothing half-written: the file goes while we still hold its lock (a run that
+            # opened it meanwhile finds it unlinked after locking and opens the new one).
+            with contextlib.suppress(OSError):
+                self.path.unlink()
             os.close(fd)
-            who = holder.describe() if holder else "another process (no record yet)"
-            raise JobLocked(
-                f"job {self.job!r} is already running: {who}",
-                hint=f"wait for it to finish; lock file {self.path}",
-            ) from None
+            raise self._unusable(f"cannot write the lock file {self.path}", exc) from exc
         except BaseException:
             os.close(fd)
             raise
-        self.took_over = parse_holder(_read_all(fd))
-        now = self._now or dt.datetime.now(dt.UTC)
-        me = LockHolder(
-            pid=os.getpid(),
-            started_at=now.isoformat(timespec="seconds"),
-            command=self._command,
-            host=socket.gethostname(),
-        )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, me.to_json().encode() + b"\n", 0)
-        os.fsync(fd)
         self._fd = fd
         return self
+
+    def _open_locked(self) -> int:
+        """Open and flock the lock file; the descriptor is of the file now at ``self.path``."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:  # a file (or a dangling symlink) is in the way
+            raise UsageError(
+                f"cannot create the lock directory {self.path.parent}: it exists and is not"
+                " a directory",
+                hint=f"remove it, or {_STATE_HINT}",
+            ) from exc
+        except OSError as exc:
+            raise self._unusable(
+                f"cannot create the lock directory {self.path.parent}", exc
+            ) from exc
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise self._unusable(f"cannot open the lock file {self.path}", exc) from exc
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise UsageError(
+                        f"the lock file {self.path} is not a regular file",
+                        hint=f"remove it, or {_STATE_HINT}",
+                    )
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = parse_holder(_read_all(fd))
+                os.close(fd)
+                who = holder.describe() if holder else "another process (no record yet)"
+                raise JobLocked(
+                    f"job {self.job!r} is already running: {who}",
+                    hint=f"wait for it to finish; lock file {self.path}",
+                ) from None
+            except OSError as exc:
+                os.close(fd)
+                raise self._unusable(f"cannot lock {self.path}", exc) from exc
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, self.path):
+                return fd
+            os.close(fd)  # removed (a failed acquire) between our open and flock: reopen
+        raise UsageError(
+            f"the lock file {self.path} keeps being replaced while nixbuild locks it",
+            hint="something else is deleting files in the state directory; " + _STATE_HINT,
+        )
+
+    def _unusable(self, what: str, exc: OSError) -> UsageError:
+        return UsageError(f"{what}: {exc.strerror or exc}", hint=_STATE_HINT)
 
     def release(self) -> None:
         """Empty the record (a clean end), then drop the lock. The file stays: deleting a
@@ -160,6 +215,15 @@ class JobLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = path.stat()
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
 
 def _read_all(fd: int) -> str:

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from nixbuild.errors import NixbuildError
+from nixbuild.errors import ExitCode, NixbuildError
 from nixbuild.ledger import (
     ABANDONED,
     RUNNING,
@@ -22,7 +23,7 @@ from nixbuild.ledger import (
     describe_run,
     pid_alive,
 )
-from nixbuild.ledger_db import LedgerError
+from nixbuild.ledger_db import LedgerError, ledger_error
 from nixbuild.model import (
     AttemptRecord,
     AttemptSpec,
@@ -431,3 +432,61 @@ def test_an_uncreatable_directory_gives_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="cannot create the ledger directory") as caught:
         Ledger(blocker / "ledger.sqlite3")
     assert caught.value.hint is not None
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"this is not sqlite at all\n" * 100)
+
+
+def _truncated(path: Path) -> None:
+    with Ledger(path) as ledger:
+        store_run(ledger, "r1", [attempt(1, 8, None)])
+    for leftover in path.parent.glob("ledger.sqlite3-*"):
+        leftover.unlink()
+    path.write_bytes(path.read_bytes()[:100])  # the header promises pages that are gone
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        pytest.param(_garbage, "not a readable SQLite database", id="garbage"),
+        pytest.param(_truncated, "not a readable SQLite database", id="truncated"),
+        pytest.param(os.mkfifo, "is not a regular file", id="fifo"),
+        pytest.param(Path.mkdir, "is a directory", id="directory"),
+    ],
+)
+def test_an_unusable_ledger_exits_2_not_1(
+    tmp_path: Path, damage: Callable[[Path], object], reason: str
+) -> None:
+    # Exit 1 means "the build failed"; a ledger that cannot be used is the state directory's
+    # problem, a usage/configuration error (exit 2), whatever command meets it.
+    path = tmp_path / "ledger.sqlite3"
+    damage(path)
+    with pytest.raises(LedgerError, match=reason) as caught:
+        Ledger(path)
+    assert caught.value.exit_code == ExitCode.USAGE
+    result = subprocess.run(
+        [sys.executable, "-m", "nixbuild", "history"],
+        env={**os.environ, "NIXBUILD_STATE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"nixbuild: error: the ledger {path} " in result.stderr.replace(" path ", " ")
+    assert reason in result.stderr
+
+
+def test_a_ledger_locked_too_long_is_transient(tmp_path: Path) -> None:
+    error = ledger_error(tmp_path, "write to", sqlite3.OperationalError("database is locked"))
+    assert isinstance(error, LedgerError)
+    assert error.exit_code == ExitCode.TRANSIENT
+
+
+def test_a_full_disk_says_so(tmp_path: Path) -> None:
+    for text in ("database or disk is full", "disk I/O error"):
+        error = ledger_error(tmp_path / "l", "write to", sqlite3.OperationalError(text))
+        assert error.exit_code == ExitCode.USAGE
+        assert error.hint is not None and "free space" in error.hint

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import fcntl
 import os
 import re
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import plain_env, require
 
 from nixbuild.errors import ExitCode, UsageError
 from nixbuild.lock import JobLock, JobLocked, lock_name, parse_holder
@@ -139,6 +141,134 @@ def test_garbage_record_is_tolerated(tmp_path: Path) -> None:
     assert parse_holder('{"pid": "x"}') is None
 
 
+# --- state directories that cannot hold a lock -------------------------------------------
+
+
+def _file(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("in the way")
+    return path
+
+
+def _state_is_a_file(tmp_path: Path) -> Path:
+    return _file(tmp_path / "state")
+
+
+def _state_in_proc(_: Path) -> Path:
+    return Path("/proc/nixbuild-no-such-dir")  # mkdir there fails: ENOENT
+
+
+def _locks_is_a_file(tmp_path: Path) -> Path:
+    return _file(tmp_path / "state" / "locks").parent
+
+
+def _lock_is_a_dir(tmp_path: Path) -> Path:
+    (tmp_path / "state" / "locks" / "torch.lock").mkdir(parents=True)
+    return tmp_path / "state"
+
+
+def _lock_is_a_fifo(tmp_path: Path) -> Path:
+    (tmp_path / "state" / "locks").mkdir(parents=True)
+    os.mkfifo(tmp_path / "state" / "locks" / "torch.lock")
+    return tmp_path / "state"
+
+
+@pytest.mark.parametrize(
+    ("arrange", "reason"),
+    [
+        (_state_is_a_file, "Not a directory"),
+        (_state_in_proc, "No such file or directory"),
+        (_locks_is_a_file, "exists and is not a directory"),
+        (_lock_is_a_dir, "Is a directory"),
+        (_lock_is_a_fifo, "not a regular file"),
+    ],
+)
+def test_an_unusable_state_dir_is_a_usage_error_naming_it(
+    tmp_path: Path, arrange: Callable[[Path], Path], reason: str
+) -> None:
+    state_dir = arrange(tmp_path)
+    with pytest.raises(UsageError) as caught:
+        JobLock(state_dir, "torch").acquire()
+    error = caught.value
+    assert error.exit_code == ExitCode.USAGE
+    assert reason in error.message
+    assert str(state_dir / "locks") in error.message
+    assert error.hint is not None and "NIXBUILD_STATE_DIR" in error.hint
+
+
+def test_a_record_that_cannot_be_written_leaves_no_lock_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    for existing in (False, True):  # a new lock file, and one a clean release left behind
+        if existing:
+            JobLock(tmp_path, "torch").acquire().release()
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "pwrite", full)
+            with pytest.raises(UsageError, match="No space left on device") as caught:
+                JobLock(tmp_path, "torch").acquire()
+        assert str(tmp_path / "locks" / "torch.lock") in caught.value.message
+        assert not (tmp_path / "locks" / "torch.lock").exists()
+    with JobLock(tmp_path, "torch") as lock:  # and once there is room, all is well
+        assert lock.took_over is None
+
+
+def test_a_lock_file_removed_before_it_is_locked_is_opened_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run whose write failed removes the file; one that opened it just before must not
+    # lock the orphan (two runs would hold "the" lock): it opens the file again.
+    real_flock = fcntl.flock
+    calls: list[int] = []
+
+    def flock_after_removal(fd: int, operation: int) -> None:
+        if not calls:
+            (tmp_path / "locks" / "torch.lock").unlink()
+        calls.append(fd)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_removal)
+    with JobLock(tmp_path, "torch") as lock:
+        assert len(calls) == 2
+        assert parse_holder(lock.path.read_text()) is not None
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, filled up; skipped where mounting is not allowed. Always unmounted."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (mount_point / "locks").mkdir()
+        with contextlib.suppress(OSError), (mount_point / "filler").open("wb") as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        yield mount_point
+    finally:
+        # Lazily if still busy (a descriptor a failing test leaked): never leave it mounted.
+        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_state_filesystem_is_a_usage_error_and_leaves_no_lock_file(
+    full_tmpfs: Path,
+) -> None:
+    with pytest.raises(UsageError, match="No space left on device") as caught:
+        JobLock(full_tmpfs, "torch").acquire()
+    assert caught.value.hint is not None and "writable directory" in caught.value.hint
+    assert list((full_tmpfs / "locks").iterdir()) == []
+
+
 # --- two real nixbuild runs of one job -----------------------------------------------------
 
 
@@ -255,3 +385,25 @@ def test_lock_names() -> None:
     assert lock_name(None, "nixpkgs#hello") == lock_name(None, "nixpkgs#hello")
     assert re.fullmatch(r"[0-9a-f]{8}", lock_name(None, "///"))
     assert len(lock_name(None, "x" * 500)) == 40 + 1 + 8
+
+
+@pytest.mark.nix
+def test_a_state_dir_that_is_a_file_exits_2_with_a_clear_message(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    require("nix")
+    not_a_dir = tmp_path / "state-file"
+    not_a_dir.write_text("not a directory")
+    result = subprocess.run(
+        [sys.executable, "-m", "nixbuild", "build", f"path:{flake}#ok"],
+        cwd=tmp_path,
+        env={**plain_env(), "XDG_STATE_HOME": str(not_a_dir)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot create the lock directory {not_a_dir}/nixbuild/locks" in result.stderr
+    assert "hint: set NIXBUILD_STATE_DIR or state_dir to a writable directory" in result.stderr
