@@ -39,6 +39,7 @@ _HITS_PER_DRV = 3  # evidence lines kept per rule and derivation
 _DRVS_PER_RULE = 128  # derivations remembered per rule; the oldest are forgotten first
 _MAX_EVIDENCE = 5
 _MAX_DETAIL = 160
+_MAX_EVIDENCE_CHARS = 500  # a minified-JS or base64 line can be megabytes long
 
 _Q = r"['\u2018\u2019`\"]"  # nix's quotes over the years: '…', curly, `…'
 _QT = r"[^'\u2018\u2019`\"]"
@@ -98,6 +99,8 @@ class _State:
     nix_failed: bool = False
     fatal_seen: bool = False
     block_drv: str | None = None
+    build_started: bool = False  # nix announced a derivation ("building '…'")
+    plain_nix_block: bool = False  # inside a plain-text nix error, before any build
 
 
 class Classifier:
@@ -121,6 +124,9 @@ class Classifier:
         if source is _NIX:
             line = line or LogLine(line_number, text, source, drv)
             source, drv = self._nix_line(line)
+        elif drv is None and not self._s.build_started and self._plain_nix(text):
+            line = LogLine(line_number, text, _NIX)
+            source, drv = self._nix_line(line)
         search = _BUILD_SEARCH if source is _BUILD else _SEARCH[source]
         if search(text) is None:
             return  # the common case, kept out of the generator below for speed
@@ -132,8 +138,24 @@ class Classifier:
             if RULES[number].fatal and RULES[number].role is Role.CAUSE:
                 self._s.fatal_seen = True
 
+    def _plain_nix(self, text: str) -> bool:
+        """Is this unattributed line, seen before any build started, nix's own message?
+
+        Nix reports errors found before its internal-json logger is set up (a command-line
+        usage error: ``--log-format`` comes last) as plain text, which the log reader can
+        only call builder output. No builder has run yet, so an ``error:`` line (and the
+        indented lines continuing it) is nix's: it must not pass for a compiler error."""
+        s = self._s
+        if text.startswith("error:"):
+            s.plain_nix_block = True
+        elif not (s.plain_nix_block and text[:1] in (" ", "\t")):
+            s.plain_nix_block = False
+        return s.plain_nix_block
+
     def _nix_line(self, line: LogLine) -> tuple[Source, str | None]:
         """Follow nix's messages; a quoted log tail line counts as its builder's output."""
+        if line.drv is not None:
+            self._s.build_started = True
         if line.text[:1] in (" ", "\t"):
             if _TAIL.match(line.text):
                 return Source.BUILD, line.drv or self._s.block_drv
@@ -308,10 +330,19 @@ def _evidence(lines: Iterable[LogLine]) -> tuple[Evidence, ...]:
         if ident in seen:
             continue
         seen.add(ident)
-        out.append(Evidence(line.number, line.text.strip()))
+        out.append(Evidence(line.number, _evidence_text(line.text)))
         if len(out) == _MAX_EVIDENCE:
             break
     return tuple(out)
+
+
+def _evidence_text(text: str) -> str:
+    """The line, stripped; a very long one cut, saying so and how long it was (every
+    consumer, from the console to summary.json and the CI report, shows this text)."""
+    text = text.strip()
+    if len(text) <= _MAX_EVIDENCE_CHARS:
+        return text
+    return f"{text[:_MAX_EVIDENCE_CHARS].rstrip()}… (cut: the line has {len(text)} characters)"
 
 
 def _signal_name(number: int) -> str:

@@ -3,9 +3,9 @@
 Order is the policy: the first CAUSE rule with evidence that concerns the failing
 derivation decides. External observations come first (nixbuild's own watchdogs and
 signals; not the cgroup's OOM-kill counter, see its rule), then nix's final messages (hash,
-timeout, SIGKILL, evaluation), then root causes found in build logs (memory, disk, broken
-environment, network), then ordinary build failures, and last nix errors nothing else
-explains. A root cause is listed before its
+timeout, SIGKILL, its command line, evaluation), then root causes found in build logs
+(memory, disk, broken environment, network), then ordinary build failures, and last nix
+errors nothing else explains. A root cause is listed before its
 symptoms: "Killed signal terminated program cc1plus" before "make: *** Error 1", a full disk
 before the download or compile error it provoked.
 
@@ -149,7 +149,22 @@ RULES: tuple[Rule, ...] = (
     _rule("oom.nix-signal-9", Kind.OOM, N, r"failed due to signal 9\b",
           "the builder of {name} was killed by SIGKILL — most likely by the kernel's OOM killer",
           ("signal 9",), also=("oom.shell-killed",)),
-    # ---- evaluation --------------------------------------------------------------------
+    # ---- nix's command line, then evaluation ------------------------------------------
+    # A usage error is nix refusing its arguments (an extra argument after `--`, a wrapped
+    # command's typo): it fails identically every time, so it is an eval kind (stop at once).
+    # Wording of nix 2.3 to current: libutil/args.cc, libmain/shared.cc, nix-build.cc.
+    _rule("eval.nix-usage", Kind.EVAL, N,
+          r"^error: (?P<detail>(?:unrecogni[sz]ed|unknown) (?:flag|option) .*"
+          r"|unexpected argument .*"
+          rf"|flag {Q}{QT}+{QC} requires .*"
+          rf"|{Q}?--?[\w-]+{QC}? requires (?:an|two) arguments?"
+          rf"|{Q}{QT}+{QC} is not a recogni[sz]ed command"
+          r"|more arguments are required|no operation specified)",
+          "nix rejected its command line: {detail} — fix the nix arguments (after `--`, or "
+          "in the wrapped command); retrying cannot help",
+          ("unrecognised", "unrecognized", "unknown flag", "unknown option",
+           "unexpected argument", "requires", "recognised command", "recognized command",
+           "more arguments", "no operation")),
     _rule("eval.syntax-error", Kind.EVAL, N, r"syntax error, (?P<detail>unexpected .*)",
           "evaluation failed: syntax error, {detail}", ("syntax error",)),
     _rule("eval.undefined-variable", Kind.EVAL, N, rf"undefined variable {Q}(?P<detail>{QT}+)",

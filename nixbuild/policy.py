@@ -238,6 +238,8 @@ def _by_kind(
     kind = diagnosis.kind
     if kind is Kind.HASH:
         return _give_up("hash mismatch cannot be fixed by retrying")
+    if kind is Kind.EVAL and diagnosis.rule == "eval.nix-usage":
+        return _give_up("nix rejected its command line: fix the arguments, retrying cannot help")
     if kind is Kind.EVAL:
         return _give_up("evaluation error: the Nix expression must be fixed, retrying cannot help")
     if kind is Kind.INTERRUPTED:

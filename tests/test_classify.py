@@ -267,3 +267,44 @@ def test_current_nix_build_of_cannot_build_wording_with_log_tail() -> None:
     assert diagnosis is not None
     assert (diagnosis.rule, diagnosis.drv) == ("build.compile-error", FOO)
     assert diagnosis.evidence[0].line == 6
+
+
+def test_a_plain_nix_error_before_any_build_is_nix_not_a_compiler() -> None:
+    # A usage error reaches nixbuild as plain text before nix's internal-json logger starts,
+    # so the stream reader cannot tell it from builder output (Source.BUILD, no drv).
+    lines = [
+        LogLine(1, "error: unrecognised flag '--bogus-flag'", Source.BUILD),
+        LogLine(2, "Try '/usr/bin/nix --help' for more information.", Source.BUILD),
+    ]
+    diagnosis = classify(lines, ExitInfo(status=1))
+    assert diagnosis is not None
+    assert (diagnosis.kind, diagnosis.rule) == (Kind.EVAL, "eval.nix-usage")
+    assert diagnosis.evidence == (Evidence(1, "error: unrecognised flag '--bogus-flag'"),)
+    # Any other plain error before a build is nix's too, with its indented continuation.
+    other = [
+        LogLine(1, "error: getting status of '/x/default.nix': No such file", Source.BUILD),
+        LogLine(2, "       … while evaluating the file", Source.BUILD),
+    ]
+    diagnosis = classify(other, ExitInfo(status=1))
+    assert diagnosis is not None and diagnosis.rule == "eval.error-trace"
+
+
+def test_a_plain_error_line_after_a_build_started_stays_builder_output() -> None:
+    lines = [
+        LogLine(1, f"building '{FOO}'...", Source.NIX, FOO),
+        LogLine(2, "error: expected expression", Source.BUILD),
+        LogLine(3, f"error: builder for '{FOO}' failed with exit code 1", Source.NIX),
+    ]
+    diagnosis = classify(lines, ExitInfo(status=1))
+    assert diagnosis is not None and diagnosis.rule == "build.compile-error"
+
+
+def test_evidence_text_is_cut_at_500_characters_saying_how_long_the_line_was() -> None:
+    long_line = "error: " + "y" * 10_000
+    short_line = "error: " + "z" * 493  # exactly 500 characters: kept whole
+    lines = [LogLine(1, long_line, Source.NIX), LogLine(2, f"  {short_line}  ", Source.NIX)]
+    diagnosis = classify(lines, ExitInfo(status=1))
+    assert diagnosis is not None
+    cut, whole = diagnosis.evidence
+    assert cut.text == f"{long_line[:500]}… (cut: the line has {len(long_line)} characters)"
+    assert whole.text == short_line

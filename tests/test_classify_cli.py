@@ -111,3 +111,19 @@ def test_python_m_nixbuild_classify_when_the_cli_registers_it() -> None:
     )  # fmt: skip
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["kind"] == "oom"
+
+
+def test_a_huge_single_line_is_cut_in_the_evidence(tmp_path: Path) -> None:
+    drv = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-foo-1.0.drv"
+    huge = "foo-1.0> error: " + "x" * 5_000_000  # minified output on one line
+    log = tmp_path / "huge.log"
+    log.write_text(f"building '{drv}'...\n{huge}\nerror: builder for '{drv}' failed\n")
+    for args in ((str(log),), ("--json", str(log))):
+        status, out, _ = run(*args)
+        assert status == 0
+        assert len(out) < 3000, len(out)
+        assert f"… (cut: the line has {len(huge)} characters)" in out
+    data = json.loads(run("--json", str(log))[1])
+    evidence = data["evidence"][0]
+    assert evidence["line"] == 2
+    assert evidence["text"].startswith(huge[:500])

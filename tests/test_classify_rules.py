@@ -102,6 +102,28 @@ TABLE: dict[str, tuple[list[Example], list[Example]]] = {
             (B, "worker failed due to signal 9 (Killed) as the test expects"),
         ],
     ),
+    "eval.nix-usage": (
+        [
+            (N, "error: unrecognised flag '--bogus-flag'"),
+            (N, "error: unrecognized option '--bogus'"),
+            (N, "error: unknown flag '--bogus'"),
+            (N, "error: unexpected argument 'b'"),
+            (N, "error: flag '--option' requires 2 argument(s)"),
+            (N, "error: flag '--option' requires 2 argument(s), but only 1 were given"),
+            (N, "error: '-o' requires an argument"),
+            (N, "error: --arg requires two arguments"),
+            (N, "error: 'biuld' is not a recognised command"),
+            (N, "error: more arguments are required"),
+            (N, "error: no operation specified"),
+        ],
+        [
+            (B, "error: unrecognised flag '--bogus-flag'"),
+            (N, "error: function 'f' called with unexpected argument 'cuda'"),
+            (N, "warning: unknown setting 'bogus'"),
+            (N, "error: derivation 'x' requires non-existent output 'dev'"),
+            (B, "gcc: error: unrecognized command-line option '-mbogus'"),
+        ],
+    ),
     "eval.syntax-error": (
         [(N, "error: syntax error, unexpected '}', expecting ';'")],
         [(B, "parse.y: syntax error, unexpected '}' in test input, as expected")],
