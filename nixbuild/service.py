@@ -144,8 +144,8 @@ class UserManager:
         command: Sequence[str] | None = None,
         user: str | None = None,
     ) -> InstallResult:
+        calendar = self.normalize_calendar(on_calendar)  # a usage error first: exit 2, not 3
         self.require_manager()
-        calendar = self.normalize_calendar(on_calendar)
         files = plan_unit_files(
             job,
             on_calendar=calendar,

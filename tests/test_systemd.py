@@ -253,6 +253,11 @@ def test_missing_user_manager_is_exit_3(tmp_path: Path) -> None:
         UserManager(env=env).require_manager()
     assert caught.value.exit_code == ExitCode.REFUSED
     assert "no systemd user manager is reachable" in str(caught.value)
+    # A bad schedule is the user's error whatever the machine: exit 2 even without a manager.
+    with pytest.raises(NixbuildError) as caught:
+        UserManager(env=env).install("ok", on_calendar="someday", workdir=tmp_path)
+    assert caught.value.exit_code == ExitCode.USAGE
+    assert "invalid --on-calendar 'someday'" in str(caught.value)
 
 
 def test_install_status_uninstall(user_manager: UserManagerHandle, tmp_path: Path) -> None:
