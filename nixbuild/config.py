@@ -282,12 +282,13 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str], cwd: Path
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist or is not a file")
         return path
-    local = cwd / "nixbuild.toml"
-    if local.is_file():
-        return local
     base = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME", "~")) / ".config")
-    user = Path(base).expanduser() / "nixbuild" / "config.toml"
-    return user if user.is_file() else None
+    for candidate in (cwd / "nixbuild.toml", Path(base).expanduser() / "nixbuild" / "config.toml"):
+        if candidate.is_file():
+            return candidate
+        if candidate.exists():  # silently reading the next one would use the wrong settings
+            raise ConfigError(f"config file {candidate} is not a regular file")
+    return None
 
 
 def _line_of(text: str, key: str) -> int | None:

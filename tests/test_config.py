@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -207,6 +208,20 @@ def test_bad_env_value_names_the_variable(tmp_path: Path) -> None:
 def test_missing_explicit_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         config.load({}, environ={}, cwd=tmp_path, config_path=str(tmp_path / "nope.toml"))
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_config_file_that_is_not_a_file_is_an_error_not_skipped(
+    tmp_path: Path, kind: str
+) -> None:
+    """Skipping ./nixbuild.toml would silently apply the user's config.toml instead."""
+    user = tmp_path / "xdg" / "nixbuild"
+    user.mkdir(parents=True)
+    (user / "config.toml").write_text("cores = 3\n")
+    local = tmp_path / "nixbuild.toml"
+    local.mkdir() if kind == "directory" else os.mkfifo(local)
+    with pytest.raises(ConfigError, match=r"nixbuild.toml is not a regular file"):
+        config.load({}, environ={"XDG_CONFIG_HOME": str(tmp_path / "xdg")}, cwd=tmp_path)
 
 
 @pytest.mark.parametrize(
