@@ -23,6 +23,7 @@ import click
 
 from . import assess, cidetect, nixcmd, nixfacts, outlink, plan, policy, probe, retention
 from . import config as config_mod
+from . import fallback as fallbacks
 from .attempt import AttemptSettings
 from .console import Console
 from .errors import ExitCode, PreflightRefused, UsageError
@@ -30,7 +31,6 @@ from .ledger import LEDGER_FILENAME, Ledger
 from .lock import JobLock, lock_name
 from .model import AttemptSpec, Mode, Variant
 from .observers import HookObserver, LedgerObserver, NotifyObserver, RunObserver
-from .process import CommandNotFound, run_capture
 from .summary import Outcome
 from .supervisor import RunRequest, Supervisor
 from .systemd import Notifier
@@ -75,39 +75,6 @@ def load_config(
 
 def state_dir_of(cfg: config_mod.Config) -> Path:
     return cfg.get_path("state_dir") or config_mod.default_state_dir(os.environ)
-
-
-def check_fallback(nix: nixcmd.NixInfo, candidate: str, extra: tuple[str, ...]) -> bool:
-    """Does the derived ``-bin`` installable exist? Asks nix to evaluate it (no build)."""
-    base = candidate.partition("^")[0]
-    argv = [
-        *nixcmd.nix_prefix(nix),
-        "eval",
-        base,
-        "--apply",
-        "x: x ? drvPath",
-        "--json",
-        *nixcmd.eval_passthrough(extra),
-    ]
-    try:
-        done = run_capture(argv, timeout=600)
-    except CommandNotFound:
-        return False
-    return done.ok and done.stdout.strip() == "true"
-
-
-def choose_fallback(cfg: config_mod.Config, target: str) -> tuple[str | None, bool]:
-    """(the fallback installable, whether it is derived and so still to be checked)."""
-    if cfg["no_fallback"]:
-        return None, False
-    if cfg["fallback"]:
-        return str(cfg["fallback"]), False
-    candidate = plan.derive_fallback(target)
-    if candidate is None or cfg["mode"] == "develop":
-        return None, False  # dev shells live under devShells; a -bin sibling cannot be guessed
-    # Checked only when needed (the policy decides to fall back): evaluating nixpkgs for a
-    # fallback that a successful run never uses would cost every nightly run seconds.
-    return candidate, True
 
 
 def preflight(
@@ -235,9 +202,11 @@ def run_supervised(
     ):
         ledger.mark_abandoned(host=socket.gethostname())
         remembered = None if opts.get("fresh") else ledger.last_good_parallelism(target)
-        fallback, derived = (None, False) if wrapped else choose_fallback(cfg, target)
+        fallback, derived = fallbacks.choose_fallback(
+            cfg, target, wrapped=wrapped is not None, say=say
+        )
         if derived and fallback and verdict.variant is Variant.BIN:
-            if not check_fallback(nix, fallback, extra):
+            if not fallbacks.check_fallback(nix, fallback, extra):
                 fallback = None  # first_attempt says why it cannot build the -bin variant
             derived = False
         first = first_attempt(
@@ -270,7 +239,9 @@ def run_supervised(
             policy=_policy(cfg, fallback),
             fail_on_fallback=cfg["fail_on_fallback"],
             after_success=after_success,
-            verify_fallback=(lambda inst: check_fallback(nix, inst, extra)) if derived else None,
+            verify_fallback=(lambda inst: fallbacks.check_fallback(nix, inst, extra))
+            if derived
+            else None,
         )
         observers: list[RunObserver] = [
             LedgerObserver(ledger),

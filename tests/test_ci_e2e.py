@@ -617,6 +617,20 @@ def test_run_nix_build_no_link(nix_env: dict[str, str], flake: Path, tmp_path: P
     assert summary["gcroot"] is None
 
 
+def test_run_says_a_configured_fallback_is_not_used(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    """`run --fallback` is refused; one from NIXBUILD_FALLBACK or a config file is not used,
+    and says so rather than being silently ignored."""
+    result = nixbuild(
+        "run", "--log-dir", str(tmp_path / "logs"), "--",
+        "nix", "build", f"path:{fresh(flake)}#ok", "--no-link",
+        cwd=tmp_path / "work", env=ci_env("plain", NIXBUILD_FALLBACK="nixpkgs#hello"),
+    )  # fmt: skip
+    assert result.returncode == 0, explain(result)
+    assert "`run` never falls back; fallback from NIXBUILD_FALLBACK unused" in result.stderr
+
+
 def test_run_nix_build_out_link(nix_env: dict[str, str], flake: Path, tmp_path: Path) -> None:
     out = tmp_path / "dir" / "out"
     out.parent.mkdir()
