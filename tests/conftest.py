@@ -8,8 +8,10 @@ Tests that need Nix skip only when the machine has none, and never when CI=true.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +72,37 @@ def private_user_dirs(
     for name in list(os.environ):
         if name.startswith("NIXBUILD_") and name != "NIXBUILD_VENV":
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (root mounts it): a file system that fills up for real. Never left
+    mounted; skipped only where mounting is not allowed, and never in CI."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs in CI: {done.stderr}")
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        # Lazily if still busy (a descriptor a failing test leaked): never leave it mounted.
+        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill_up(directory: Path) -> None:
+    """Write a file in ``directory`` until its file system is full."""
+    with contextlib.suppress(OSError), (directory / "filler").open("wb", buffering=0) as out:
+        while True:
+            out.write(b"\0" * 4096)
 
 
 @pytest.fixture(scope="session")

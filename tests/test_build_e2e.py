@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -10,12 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import plain_env
+from conftest import fill_up, plain_env
 
 pytestmark = pytest.mark.nix
 
@@ -305,36 +303,15 @@ def test_a_nix_on_path_that_is_not_a_program_is_named(tmp_path: Path, kind: str)
     assert f"{bindir / 'nix'} is on PATH but is not an executable program" in result.stderr
 
 
-@pytest.fixture
-def tiny_log_dir(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs: the log dir fills up during the build (needs root to mount)."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs in CI: {done.stderr}")
-        pytest.skip(f"cannot mount a tmpfs here (root needed): {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
 def test_full_log_dir_does_not_stop_the_build(
-    nix_env: dict[str, str], flake: Path, tmp_path: Path, tiny_log_dir: Path
+    nix_env: dict[str, str], flake: Path, tmp_path: Path, tiny_tmpfs: Path
 ) -> None:
     (flake / "lines.txt").write_text("5000")  # ~300 KB of log for a 64 KiB file system
     result = nixbuild(
         "build",
         f"path:{flake}#chatty",
         "--log-dir",
-        str(tiny_log_dir),
+        str(tiny_tmpfs),
         "--out-link",
         str(tmp_path / "result"),
         "--quiet",
@@ -348,18 +325,15 @@ def test_full_log_dir_does_not_stop_the_build(
 
 
 def test_a_log_dir_full_from_the_start_is_refused_and_left_as_it_was(
-    nix_env: dict[str, str], flake: Path, tmp_path: Path, tiny_log_dir: Path
+    nix_env: dict[str, str], flake: Path, tmp_path: Path, tiny_tmpfs: Path
 ) -> None:
-    filler = tiny_log_dir / "filler"
-    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as out:
-        while True:
-            out.write(b"x" * 4096)
+    fill_up(tiny_tmpfs)
     result = nixbuild(
-        "build", f"path:{flake}#ok", "--log-dir", str(tiny_log_dir / "logs"), cwd=tmp_path
+        "build", f"path:{flake}#ok", "--log-dir", str(tiny_tmpfs / "logs"), cwd=tmp_path
     )
     assert result.returncode == 2, result.stderr
     assert "cannot write run logs" in result.stderr
-    assert [p.name for p in tiny_log_dir.iterdir()] == ["filler"]  # no run dir, no probe
+    assert [p.name for p in tiny_tmpfs.iterdir()] == ["filler"]  # no run dir, no probe
 
 
 @pytest.mark.parametrize(

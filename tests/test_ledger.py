@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_build_e2e import nixbuild
 
 from nixbuild.errors import ExitCode, NixbuildError
 from nixbuild.ledger import (
@@ -465,13 +466,8 @@ def test_an_unusable_ledger_exits_2_not_1(
     with pytest.raises(LedgerError, match=reason) as caught:
         Ledger(path)
     assert caught.value.exit_code == ExitCode.USAGE
-    result = subprocess.run(
-        [sys.executable, "-m", "nixbuild", "history"],
-        env={**os.environ, "NIXBUILD_STATE_DIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = nixbuild(
+        "history", cwd=tmp_path, env={**os.environ, "NIXBUILD_STATE_DIR": str(tmp_path)}
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import plain_env, require
+from conftest import fill_up, require
+from test_build_e2e import nixbuild
 
 from nixbuild.errors import ExitCode, UsageError
 from nixbuild.lock import JobLock, JobLocked, lock_name, parse_holder
@@ -236,28 +237,11 @@ def test_a_lock_file_removed_before_it_is_locked_is_opened_again(
 
 
 @pytest.fixture
-def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs, filled up; skipped where mounting is not allowed. Always unmounted."""
-    mount_point = tmp_path / "full"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        (mount_point / "locks").mkdir()
-        with contextlib.suppress(OSError), (mount_point / "filler").open("wb") as filler:
-            while True:
-                filler.write(b"\0" * 4096)
-                filler.flush()
-        yield mount_point
-    finally:
-        # Lazily if still busy (a descriptor a failing test leaked): never leave it mounted.
-        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=True)
+def full_tmpfs(tiny_tmpfs: Path) -> Path:
+    """A state directory on a full file system (its locks/ made while there was room)."""
+    (tiny_tmpfs / "locks").mkdir()
+    fill_up(tiny_tmpfs)
+    return tiny_tmpfs
 
 
 def test_a_full_state_filesystem_is_a_usage_error_and_leaves_no_lock_file(
@@ -394,14 +378,11 @@ def test_a_state_dir_that_is_a_file_exits_2_with_a_clear_message(
     require("nix")
     not_a_dir = tmp_path / "state-file"
     not_a_dir.write_text("not a directory")
-    result = subprocess.run(
-        [sys.executable, "-m", "nixbuild", "build", f"path:{flake}#ok"],
+    result = nixbuild(
+        "build",
+        f"path:{flake}#ok",
         cwd=tmp_path,
-        env={**plain_env(), "XDG_STATE_HOME": str(not_a_dir)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        env={**os.environ, "XDG_STATE_HOME": str(not_a_dir)},
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
