@@ -28,7 +28,7 @@ Exit codes:
   3    preflight refused (nix missing, not enough memory or disk)
   75   transient failures (network, disk, timeout, deadline) used up the retries;
        try again later
-  130  interrupted by SIGINT, 143 by SIGTERM
+  130  interrupted by SIGINT, 143 by SIGTERM, 129 by SIGHUP (the terminal closed)
 """
 
 

@@ -57,13 +57,24 @@ class Console:
     _progress_shown: bool = False
     _last_output: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _gone: bool = False  # the terminal went away: stop writing, the run goes on
+
+    def _emit(self, raw: str) -> None:
+        """Write and flush; a terminal that hung up (EIO) or a closed pipe (EPIPE) must not
+        end the run: its record (summary, ledger, logs) is on disk, not on the screen."""
+        if self._gone:
+            return
+        try:
+            self.stream.write(raw)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._gone = True
 
     def _write(self, text: str) -> None:
         if self.tty and self._progress_shown:
-            self.stream.write(CLEAR_LINE)
+            self._emit(CLEAR_LINE)
             self._progress_shown = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self._emit(text + "\n")
 
     def say(self, text: str, now: float) -> None:
         """A nixbuild message (attempt start, decision, result): always shown."""
@@ -82,8 +93,7 @@ class Console:
         """Called about once a second by the supervisor while an attempt runs."""
         with self._lock:
             if self.tty:
-                self.stream.write(CLEAR_LINE + progress_text(state, elapsed_s, prefix)[:200])
-                self.stream.flush()
+                self._emit(CLEAR_LINE + progress_text(state, elapsed_s, prefix)[:200])
                 self._progress_shown = True
             elif now - self._last_output >= self.heartbeat_s:
                 self._write("… still running: " + progress_text(state, elapsed_s, prefix))
@@ -95,6 +105,5 @@ class Console:
     def done(self) -> None:
         with self._lock:
             if self.tty and self._progress_shown:
-                self.stream.write(CLEAR_LINE)
-                self.stream.flush()
+                self._emit(CLEAR_LINE)
                 self._progress_shown = False

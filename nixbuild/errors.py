@@ -15,6 +15,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # usage or configuration error
     REFUSED = 3  # preflight refused: nix missing, not enough memory or disk
     TRANSIENT = 75  # transient failures exhausted the retries (EX_TEMPFAIL): CI may retry
+    SIGHUP = 129  # the terminal went away (an ssh session dropped)
     SIGINT = 130
     SIGTERM = 143
 

@@ -271,7 +271,9 @@ def run_supervised(
     )
     if ci is not None:
         ci.write_reports(outcome, json_path, junit_path, say)
-    _print_result(outcome, request)
+    # The run is on disk already; a terminal that hung up (EIO) must not change its exit code.
+    with contextlib.suppress(OSError):
+        _print_result(outcome, request)
     return int(outcome.exit_code)
 
 

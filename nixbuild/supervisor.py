@@ -100,8 +100,10 @@ class Supervisor:
     def run(self) -> Outcome:
         previous = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self._on_signal)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                # Under nohup SIGHUP is ignored, as the user asked: the build goes on.
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    previous[sig] = signal.signal(sig, self._on_signal)
         try:
             return self._run()
         finally:
@@ -322,9 +324,7 @@ class Supervisor:
             status = "failed"
         exit_code = policy.exit_code_for(history, succeeded)
         if not succeeded and self.interrupted_by is not None:
-            exit_code = (
-                ExitCode.SIGINT if self.interrupted_by == signal.SIGINT else ExitCode.SIGTERM
-            )
+            exit_code = _SIGNAL_EXIT.get(self.interrupted_by, ExitCode.SIGTERM)
         if len(history) == 1 and _installable_missing(history[0].diagnosis):
             exit_code = ExitCode.USAGE
         if self.deadline_reached and exit_code == ExitCode.FAILED and not succeeded:
@@ -356,6 +356,10 @@ class Supervisor:
         outcome = Outcome(run_id, run_dir, status, exit_code, tuple(history), outputs, summary)
         self.observers.run_finished(outcome)
         return outcome
+
+
+# 128 + the signal, as a shell reports a command killed by it.
+_SIGNAL_EXIT: dict[int, ExitCode] = {signal.SIGINT: ExitCode.SIGINT, signal.SIGHUP: ExitCode.SIGHUP}
 
 
 def _installable_missing(diagnosis: Diagnosis | None) -> bool:
