@@ -12,8 +12,8 @@
    PYTHONDONTWRITEBYTECODE would otherwise compile every module on every start.
 2. Startup: ``nixbuild --help``; the floor under every run (Python's start, importing the
    libraries nixbuild is built on, and the exit); the time from starting ``nixbuild
-   build`` to its first exec of nix and to the exec of ``nix … build`` (a ``nix`` shim
-   first on PATH records the moment with bash's $EPOCHREALTIME, then execs the real nix),
+   build`` to its first exec of nix and to the exec of ``nix … build`` (a compiled ``nix``
+   shim first on PATH records the moment, then execs the real nix),
    and which imports cost the most (``python -X importtime``, self time summed per
    top-level package).
 
@@ -145,10 +145,46 @@ def _compare_case(
     return row, extra
 
 
-SHIM = """#!/bin/bash
-printf '%s %s\\n' "$EPOCHREALTIME" "$*" >> "$NIXBUILD_BENCH_EXEC_LOG"
-exec {real} "$@"
+# A compiled shim, not a script: nixbuild never remembers the version a wrapper script
+# reports (the nix behind it may change), so a bash shim would add a `nix --version` to
+# every run, which a real nix binary does not cost (nixfacts.py).
+SHIM_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    FILE *log = fopen(getenv("NIXBUILD_BENCH_EXEC_LOG"), "a");
+    if (log) {
+        fprintf(log, "%ld.%06ld", (long)now.tv_sec, now.tv_nsec / 1000);
+        for (int i = 1; i < argc; i++) fprintf(log, " %s", argv[i]);
+        fputc('\n', log);
+        fclose(log);
+    }
+    execv(REAL_NIX, argv);
+    perror(REAL_NIX);
+    return 127;
+}
 """
+
+
+def compile_shim(shim_dir: Path, real_nix: str) -> str | None:
+    """Build the exec-recording ``nix`` shim; the reason when it cannot be built."""
+    source = shim_dir / "shim.c"
+    source.write_text(SHIM_C)
+    define = f'-DREAL_NIX="{real_nix}"'
+    try:
+        done = subprocess.run(
+            ["cc", "-O2", define, "-o", str(shim_dir / "nix"), str(source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        return "no C compiler (cc) to build the exec-recording shim"
+    return None if done.returncode == 0 else f"cc failed: {done.stderr.strip()[:200]}"
 
 
 def time_to_exec(rounds: int, root: Path, env: dict[str, str]) -> list[c.Row]:
@@ -157,8 +193,8 @@ def time_to_exec(rounds: int, root: Path, env: dict[str, str]) -> list[c.Row]:
         return [c.Row(SECTION_START, "time to first nix exec", "n/a", "nix not found")]
     shim_dir = root / "shim"
     shim_dir.mkdir(exist_ok=True)
-    (shim_dir / "nix").write_text(SHIM.format(real=real_nix))
-    (shim_dir / "nix").chmod(0o755)
+    if (why := compile_shim(shim_dir, real_nix)) is not None:
+        return [c.Row(SECTION_START, "time to first nix exec", "n/a", why)]
     flake = c.copy_flake(root / "flake-exec")
     installable = f"path:{flake}#ok"
     first, build, before_build = [], [], []
