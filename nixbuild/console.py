@@ -8,6 +8,7 @@ so a log reader can tell a long compile from a hang.
 
 from __future__ import annotations
 
+import errno
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ def progress_text(state: LogState, elapsed_s: float, prefix: str = "") -> str:
     return ", ".join(parts)
 
 
+_GONE_ERRNOS = frozenset({errno.EIO, errno.EPIPE, errno.EBADF})
+
+
 @dataclass
 class Console:
     stream: TextIO = field(default_factory=lambda: sys.stderr)
@@ -67,8 +71,12 @@ class Console:
         try:
             self.stream.write(raw)
             self.stream.flush()
-        except (OSError, ValueError):
+        except ValueError:  # the stream was closed
             self._gone = True
+        except OSError as exc:
+            # Gone for good; anything else (EAGAIN from a full non-blocking pipe) costs
+            # only this line.
+            self._gone = exc.errno in _GONE_ERRNOS
 
     def _write(self, text: str) -> None:
         if self.tty and self._progress_shown:

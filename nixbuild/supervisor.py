@@ -102,7 +102,7 @@ class Supervisor:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 # Under nohup SIGHUP is ignored, as the user asked: the build goes on.
-                if signal.getsignal(sig) is not signal.SIG_IGN:
+                if sig != signal.SIGHUP or signal.getsignal(sig) is not signal.SIG_IGN:
                     previous[sig] = signal.signal(sig, self._on_signal)
         try:
             return self._run()

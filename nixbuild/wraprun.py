@@ -9,10 +9,10 @@ failing test suite is reported as itself, never retried as if it were a build fa
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .console import Console
 from .errors import ExitCode
 from .model import AttemptSpec, Mode
 from .outlink import checked_out_link
@@ -49,20 +49,15 @@ def run_wrapped_command(
     if wrapped.mode is not WrapMode.DEVELOP or not wrapped.develop_command:
         return int(ExitCode.OK)
     say(f"nixbuild: the dev shell is built; running {' '.join(wrapped.develop_command)} in it")
-    lock = threading.Lock()
-
-    def out(line: str) -> None:
-        with lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-
-    def err(line: str) -> None:
-        with lock:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-
+    # Plain consoles: the command's lines as they come, and a terminal that is gone (EIO
+    # under nohup, EPIPE) stops the echo, not the command.
+    stdout, stderr = Console(sys.stdout), Console(sys.stderr)
     try:
-        proc = Supervised(wrapped.original, on_stdout=each_line(out), on_stderr=each_line(err))
+        proc = Supervised(
+            wrapped.original,
+            on_stdout=each_line(lambda line: stdout.say(line, 0.0)),
+            on_stderr=each_line(lambda line: stderr.say(line, 0.0)),
+        )
     except (CommandNotFound, OSError) as exc:
         say(f"nixbuild: could not run the command: {exc}")
         return int(ExitCode.FAILED)

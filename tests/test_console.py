@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 
 from nixbuild import logevents as ev
 from nixbuild import logstream as ls
@@ -71,3 +73,25 @@ def test_quiet_keeps_nix_errors_and_drops_builder_chatter() -> None:
 
 def test_format_elapsed() -> None:
     assert [format_elapsed(s) for s in (5, 65, 3600, 7322)] == ["5s", "1m05s", "1h00m", "2h02m"]
+
+
+def test_a_full_nonblocking_pipe_costs_a_line_a_closed_one_ends_the_output() -> None:
+    """EAGAIN (a CI runner's full non-blocking pipe) drops one line; EPIPE (the reader is
+    gone) stops the console. Neither may end the run."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    stream = os.fdopen(write_end, "w", buffering=1)
+    console = Console(stream)
+    with contextlib.suppress(BlockingIOError):
+        while True:  # fill the pipe
+            os.write(write_end, b"x" * 65536)
+    console.say("dropped", 0.0)  # EAGAIN
+    while len(os.read(read_end, 1 << 20)) == 1 << 20:  # drain
+        pass
+    console.say("shown", 0.0)
+    assert b"shown\n" in os.read(read_end, 1 << 20)
+    os.close(read_end)
+    console.say("to nobody", 0.0)  # EPIPE: the console is gone, quietly
+    console.say("still nothing", 0.0)
+    with contextlib.suppress(OSError):
+        stream.close()

@@ -24,14 +24,14 @@ pytestmark = pytest.mark.nix
 
 
 def run_in_a_terminal_then_hang_up(
-    flake: Path, tmp_path: Path, seconds: str, *, nohup: bool = False
+    flake: Path, tmp_path: Path, seconds: str, *, nohup: bool = False, argv: list[str] | None = None
 ) -> int:
-    """Start `nixbuild build #slow` in a terminal, close the terminal once the builder runs,
-    and return nixbuild's exit code."""
+    """Start nixbuild (default: `build #slow`) in a terminal, close the terminal once a
+    `/bin/sleep SECONDS` runs, and return nixbuild's exit code."""
     (flake / "sleep.txt").write_text(seconds)
-    argv = [sys.executable, "-m", "nixbuild", "build", f"path:{flake}#slow",
-            "--log-dir", str(tmp_path / "logs"), "--out-link", str(tmp_path / "result"),
-            "--no-fallback"]  # fmt: skip
+    argv = [sys.executable, "-m", "nixbuild", *(argv or [
+        "build", f"path:{flake}#slow", "--log-dir", str(tmp_path / "logs"),
+        "--out-link", str(tmp_path / "result"), "--no-fallback"])]  # fmt: skip
     pid, master = pty.fork()  # the child's controlling terminal is this pty
     if pid == 0:  # the child: only exec (or exit) from here
         try:
@@ -86,4 +86,17 @@ def test_under_nohup_the_build_outlives_its_terminal(
     assert code == 0
     assert summary_of(tmp_path / "logs")["status"] == "success"
     assert (tmp_path / "result").resolve().name.endswith("-fixture-slow-1.0")
+    assert last_run_status() == "success"
+
+
+def test_under_nohup_a_develop_command_outlives_its_terminal(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    """`run -- nix develop -c CMD` echoes CMD's output itself: that too must survive EIO."""
+    argv = ["run", "--log-dir", str(tmp_path / "logs"), "--",
+            "nix", "develop", f"path:{flake}#ok", "-c",
+            "/bin/sh", "-c", "/bin/sleep 2.5; echo after the hangup"]  # fmt: skip
+    code = run_in_a_terminal_then_hang_up(flake, tmp_path, "2.5", nohup=True, argv=argv)
+    assert code == 0
+    assert summary_of(tmp_path / "logs")["status"] == "success"
     assert last_run_status() == "success"

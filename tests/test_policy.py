@@ -398,7 +398,7 @@ def test_exit_code_contract(history: list[AttemptRecord], succeeded: bool, code:
 
 
 def test_exit_code_values_are_the_documented_numbers() -> None:
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 75, 130, 143]
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 75, 129, 130, 143]
 
 
 def test_interruption_names_the_signal_for_the_exit_code() -> None:
