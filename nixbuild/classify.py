@@ -230,8 +230,11 @@ class Classifier:
         failing = s.failing or s.pending_cannot_build or s.top_level
         key = drv_name(failing) if failing else None
         is_fetch = self._is_fetch(key)
+        built = bool(s.failing or s.pending_cannot_build)
         for number, rule in enumerate(RULES):
             if rule.role is not Role.CAUSE or (rule.fetch is not None and rule.fetch != is_fetch):
+                continue
+            if rule.before_builds and built:
                 continue
             hits = self._relevant(number, key)
             if hits:

@@ -44,6 +44,8 @@ class Rule:
     role: Role = Role.CAUSE
     fetch: bool | None = None  # True/False: only when the failing drv is / is not a fetcher
     also: tuple[str, ...] = ()  # ids of rules whose lines make useful extra evidence
+    # Decides only when no derivation failed: nix stopped before building anything.
+    before_builds: bool = False
 
 
 N = frozenset({Source.NIX})
@@ -108,9 +110,20 @@ def _rule(  # noqa: PLR0917 - positional arguments keep the table below readable
     role: Role = Role.CAUSE,
     fetch: bool | None = None,
     also: tuple[str, ...] = (),
+    before_builds: bool = False,
 ) -> Rule:
     return Rule(
-        rule_id, kind, sources, re.compile(pattern), explanation, keywords, fatal, role, fetch, also
+        rule_id,
+        kind,
+        sources,
+        re.compile(pattern),
+        explanation,
+        keywords,
+        fatal,
+        role,
+        fetch,
+        also,
+        before_builds,
     )
 
 
@@ -152,7 +165,9 @@ RULES: tuple[Rule, ...] = (
     # ---- nix's command line, then evaluation ------------------------------------------
     # A usage error is nix refusing its arguments (an extra argument after `--`, a wrapped
     # command's typo): it fails identically every time, so it is an eval kind (stop at once).
-    # Wording of nix 2.3 to current: libutil/args.cc, libmain/shared.cc, nix-build.cc.
+    # Wording of nix 2.3 to current: libutil/args.cc, libmain/shared.cc, nix-build.cc. Only
+    # before any derivation failed: a builder's own tool says "error: unexpected argument"
+    # too (clap), and a legacy nix-build log gives its lines no prefix to tell them apart.
     _rule("eval.nix-usage", Kind.EVAL, N,
           r"^error: (?P<detail>(?:unrecogni[sz]ed|unknown) (?:flag|option) .*"
           r"|unexpected argument .*"
@@ -164,7 +179,7 @@ RULES: tuple[Rule, ...] = (
           "in the wrapped command); retrying cannot help",
           ("unrecognised", "unrecognized", "unknown flag", "unknown option",
            "unexpected argument", "requires", "recognised command", "recognized command",
-           "more arguments", "no operation")),
+           "more arguments", "no operation"), before_builds=True),
     _rule("eval.syntax-error", Kind.EVAL, N, r"syntax error, (?P<detail>unexpected .*)",
           "evaluation failed: syntax error, {detail}", ("syntax error",)),
     _rule("eval.undefined-variable", Kind.EVAL, N, rf"undefined variable {Q}(?P<detail>{QT}+)",

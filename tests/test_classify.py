@@ -289,6 +289,18 @@ def test_a_plain_nix_error_before_any_build_is_nix_not_a_compiler() -> None:
     assert diagnosis is not None and diagnosis.rule == "eval.error-trace"
 
 
+def test_a_builders_usage_error_in_a_legacy_log_is_not_nixs() -> None:
+    # nix-build's plain log gives builder lines no prefix: a Rust tool's clap says "error:
+    # unexpected argument" in nix's own words. A derivation failed, so nix got past its
+    # command line: the usage rule must not decide.
+    log = f"""building '{FOO}'...
+error: unexpected argument '--frozen' found
+error: builder for '{FOO}' failed with exit code 2"""
+    diagnosis = diagnose(log, ExitInfo(status=1))
+    assert diagnosis is not None
+    assert diagnosis.kind is Kind.BUILD, diagnosis
+
+
 def test_a_plain_error_line_after_a_build_started_stays_builder_output() -> None:
     lines = [
         LogLine(1, f"building '{FOO}'...", Source.NIX, FOO),
