@@ -90,11 +90,11 @@ def check_report_path(path: str | None, option: str) -> Path | None:
     if path is None:
         return None
     target = Path(os.path.realpath(Path(path).expanduser()))
+    check_name_length(target, option)  # first: the checks below stat the path
     if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
         raise UsageError(
             f"{option} {path}: directory {target.parent} does not exist or is not writable"
         )
-    check_name_length(target, option)
     if target.is_dir():
         raise UsageError(f"{option} {path}: is a directory; give a file path")
     if target.exists() and not target.is_file():

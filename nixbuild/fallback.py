@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from . import config as config_mod
 from . import nixcmd, plan
+from .errors import UsageError
 from .process import CommandNotFound, run_capture
 
 
@@ -48,6 +49,9 @@ def choose_fallback(
     if cfg["no_fallback"]:
         return None, False
     if cfg["fallback"]:
+        # Checked now, not when the policy falls back to it after hours of source attempts.
+        if (reason := nixcmd.check_installable(cfg["fallback"])) is not None:
+            raise UsageError(f"malformed fallback {cfg['fallback']!r}: {reason}")
         return str(cfg["fallback"]), False
     candidate = plan.derive_fallback(target)
     if candidate is None or cfg["mode"] == "develop":

@@ -186,7 +186,8 @@ def build_dir(
 ) -> Path:
     """Where nix creates the builds' temporary directories (the disk a build fills first).
 
-    The ``build-dir`` setting when it is set (Nix 2.22 and later); else, from Nix 2.30,
+    The ``build-dir`` setting when it is known (``configured``: read from nix only with a
+    daemon; asking nix costs a process start before every build); else, from Nix 2.30,
     ``builds`` in the state directory; before 2.30 the TMPDIR of whoever runs the builder:
     ours when nix opens the store itself, the daemon's with a daemon. That one is not
     visible from here; a daemon started by its usual unit has none, so /tmp.

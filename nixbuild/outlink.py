@@ -7,22 +7,36 @@ judged up front, and a bad one is exit 2.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import UsageError
 from .model import Mode
 from .nixcmd import slug
+from .recovery import store_dir
 from .rundir import check_name_length
 
 
 def checked_out_link(path: Path, option: str = "--out-link") -> Path:
     """``path`` made absolute, its directory created; UsageError when nix could not link it."""
     link = path.absolute()
-    check_name_length(link, option)
-    if link.exists() and not link.is_symlink():  # nix replaces a link, nothing else
+    try:
+        str(link).encode("utf-8")
+    except UnicodeEncodeError:  # a directory name from the file system, not an argument
         raise UsageError(
-            f"{option} {link}: exists and is not a symlink, so nix could not make it the "
-            "result link (it would say so after building)",
+            f"{option} {os.fsencode(link)!r}: the path is not valid UTF-8",
+            hint="build from a directory whose path is UTF-8, or give --out-link PATH",
+        ) from None
+    check_name_length(link, option)
+    # nix replaces only a symlink into the store (its own earlier result), nothing else.
+    if link.is_symlink():
+        taken = not str(link.readlink()).startswith(f"{store_dir()}/")
+    else:
+        taken = link.exists()
+    if taken:
+        raise UsageError(
+            f"{option} {link}: exists and is not a link into the Nix store, so nix could not "
+            "make it the result link (it would say so after building)",
             hint="give a new path, or move what is there",
         )
     try:

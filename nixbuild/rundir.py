@@ -88,7 +88,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     The file gets the mode a plain write would give it: an existing file's own, else
     0o666 less the umask (a CI job's report is read by the steps that upload it).
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # A short temporary name: one made from the target's would be too long for a target
+    # whose own name is near the file system's limit (255 bytes).
+    fd, tmp = tempfile.mkstemp(prefix=".nixbuild-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             try:

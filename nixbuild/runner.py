@@ -167,9 +167,6 @@ def run_supervised(
     reason = None if wrapped else nixcmd.check_installable(target)
     if reason is not None:
         raise UsageError(f"malformed installable {target!r}: {reason}")
-    # Checked now, not when the policy falls back to it after hours of failed source attempts.
-    if cfg["fallback"] and (reason := nixcmd.check_installable(cfg["fallback"])) is not None:
-        raise UsageError(f"malformed fallback {cfg['fallback']!r}: {reason}")
     clash = nixcmd.parallelism_in(extra)
     if clash is not None:
         raise UsageError(

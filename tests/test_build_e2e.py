@@ -176,11 +176,18 @@ def leftover(marker: str) -> list[str]:
     return found.stdout.split()
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    "case",
+    [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, False), (signal.SIGINT, 130, True)],
+    ids=["SIGTERM", "SIGINT", "SIGINT-inherited-ignored"],
+)
 def test_signal_stops_the_whole_build(
-    nix_env: dict[str, str], flake: Path, tmp_path: Path, sig: int, code: int
+    nix_env: dict[str, str], flake: Path, tmp_path: Path, case: tuple[int, int, bool]
 ) -> None:
-    seconds = str(300 + os.getpid() % 500 + sig)  # a sleep nobody else runs, to find leftovers
+    sig, code, inherited_ignore = case
+    # inherited_ignore: a shell starts background jobs with SIGINT ignored; nixbuild still
+    # stops on it (only SIGHUP's inherited ignore, nohup's, is kept).
+    seconds = str(300 + os.getpid() % 500 + sig + 20 * inherited_ignore)  # unique: leftovers
     (flake / "sleep.txt").write_text(seconds)
     (flake / "nonce.txt").write_text(f"{time.time()}")
     logs = tmp_path / "logs"
@@ -197,6 +204,7 @@ def test_signal_stops_the_whole_build(
         ],
         cwd=tmp_path,
         env=plain_env(),
+        preexec_fn=(lambda: signal.signal(sig, signal.SIG_IGN)) if inherited_ignore else None,  # noqa: PLW1509
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -243,11 +251,12 @@ def test_bad_input_exits_2_with_one_clear_line(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["build", "path:{flake}#ok", "--out-link", "{taken}"], "exists and is not a symlink"),
-        (["build", "path:{flake}#ok", "--out-link", "/proc/self/status"], "is not a symlink"),
+        (["build", "path:{flake}#ok", "--out-link", "{taken}"], "is not a link into the Nix"),
+        (["build", "path:{flake}#ok", "--out-link", "/proc/self/status"], "not a link into the"),
+        (["build", "path:{flake}#ok", "--out-link", "{elsewhere}"], "not a link into the Nix"),
         (["build", "path:{flake}#ok", "--out-link", "{tmp}/" + "r" * 300], "too long a name"),
-        (["develop", "path:{flake}#ok", "--out-link", "{taken}", "-c", "true"], "not a symlink"),
-        (["run", "--", "nix", "build", "path:{flake}#ok", "--out-link", "{taken}"], "symlink"),
+        (["develop", "path:{flake}#ok", "--out-link", "{taken}", "-c", "true"], "not a link"),
+        (["run", "--", "nix", "build", "path:{flake}#ok", "--out-link", "{taken}"], "not a link"),
         (["build", "path:{flake}#fail", "--fallback", "x y"], "malformed fallback 'x y'"),
         (["build", "path:{flake}#fail", "--fallback", "-x"], "malformed fallback '-x'"),
     ],
@@ -259,13 +268,39 @@ def test_what_would_fail_after_the_build_is_refused_before_it(
     hours of building: exit 2 first, with no run started."""
     taken = tmp_path / "taken"
     taken.mkdir()
-    command, *rest = [a.format(flake=flake, taken=taken, tmp=tmp_path) for a in args]
+    elsewhere = tmp_path / "elsewhere"  # nix replaces only a link into the store
+    elsewhere.symlink_to(taken)
+    argv = [a.format(flake=flake, taken=taken, tmp=tmp_path, elsewhere=elsewhere) for a in args]
+    command, *rest = argv
     result = nixbuild(command, "--log-dir", str(tmp_path / "l"), *rest, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "l").exists()
     assert taken.is_dir()
+
+
+def test_a_fallback_that_is_turned_off_is_not_judged(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "NIXBUILD_FALLBACK": "not well formed"}
+    result = nixbuild(
+        "build", f"path:{flake}#ok", "--no-fallback", "--log-dir", str(tmp_path / "l"),
+        "--out-link", str(tmp_path / "result"), cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_result_link_that_is_not_utf8_is_refused(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    # Not an argument (those are checked at the start) but the directory it runs in.
+    work = Path(os.fsdecode(bytes(tmp_path) + b"/w\xff"))
+    work.mkdir()
+    result = nixbuild("build", f"path:{flake}#ok", "--log-dir", str(tmp_path / "l"), cwd=work)
+    assert result.returncode == 2, result.stderr
+    assert "/w\\xff/result': the path is not valid UTF-8" in result.stderr
+    assert not (tmp_path / "l").exists()
 
 
 def test_missing_nix_exits_3(tmp_path: Path) -> None:

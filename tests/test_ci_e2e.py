@@ -541,6 +541,7 @@ def test_report_paths_that_would_be_destroyed_are_refused_before_building(
         ("--json", fifo, "not a regular file"),
         ("--junit", Path("/dev/null"), "not a regular file"),
         ("--junit", long_name, "too long a name"),
+        ("--json", tmp_path / ("d" * 300) / "x.json", "too long a name"),
     ]:
         result = nixbuild(
             "build", f"path:{flake}#ok", flag, str(target), "--log-dir", str(tmp_path / "logs"),
@@ -562,7 +563,7 @@ def test_a_report_through_a_symlink_replaces_its_target_with_the_usual_mode(
     real.chmod(0o640)  # an existing report keeps its mode
     link = tmp_path / "link.json"
     link.symlink_to(real)
-    new = tmp_path / "new.xml"
+    new = tmp_path / ("n" * 251 + ".xml")  # a name at the file system's limit still works
     result = nixbuild(
         "build", f"path:{flake}#ok", "--json", str(link), "--junit", str(new),
         "--log-dir", str(tmp_path / "logs"), "--out-link", str(tmp_path / "result"),
@@ -625,7 +626,7 @@ def test_run_says_a_configured_fallback_is_not_used(
     result = nixbuild(
         "run", "--log-dir", str(tmp_path / "logs"), "--",
         "nix", "build", f"path:{fresh(flake)}#ok", "--no-link",
-        cwd=tmp_path / "work", env=ci_env("plain", NIXBUILD_FALLBACK="nixpkgs#hello"),
+        cwd=tmp_path / "work", env=ci_env("plain", NIXBUILD_FALLBACK="not even well formed"),
     )  # fmt: skip
     assert result.returncode == 0, explain(result)
     assert "`run` never falls back; fallback from NIXBUILD_FALLBACK unused" in result.stderr
