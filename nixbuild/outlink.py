@@ -17,8 +17,12 @@ from .recovery import store_dir
 from .rundir import check_name_length
 
 
-def checked_out_link(path: Path, option: str = "--out-link") -> Path:
-    """``path`` made absolute, its directory created; UsageError when nix could not link it."""
+def checked_out_link(path: Path, option: str = "--out-link", *, profile: bool = False) -> Path:
+    """``path`` made absolute, its directory created; UsageError when nix could not link it.
+
+    ``profile``: a dev shell's ``--profile``, which nix keeps as a chain of its own links
+    (``p -> p-1-link -> /nix/store/…``), so any symlink there is nix's to replace.
+    """
     link = path.absolute()
     try:
         str(link).encode("utf-8")
@@ -28,9 +32,10 @@ def checked_out_link(path: Path, option: str = "--out-link") -> Path:
             hint="build from a directory whose path is UTF-8, or give --out-link PATH",
         ) from None
     check_name_length(link, option)
-    # nix replaces only a symlink into the store (its own earlier result), nothing else.
+    # A build's result link: nix replaces only a symlink into the store (its own earlier
+    # result, addPermRoot), nothing else.
     if link.is_symlink():
-        taken = not str(link.readlink()).startswith(f"{store_dir()}/")
+        taken = not profile and not str(link.readlink()).startswith(f"{store_dir()}/")
     else:
         taken = link.exists()
     if taken:

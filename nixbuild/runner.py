@@ -297,7 +297,8 @@ def _mode_and_gcroot(
 
 def _gcroot(cfg: config_mod.Config, mode: Mode, state_dir: Path, target: str) -> Path:
     return outlink.checked_out_link(
-        cfg.get_path("out_link") or outlink.default_out_link(mode, state_dir, target)
+        cfg.get_path("out_link") or outlink.default_out_link(mode, state_dir, target),
+        profile=mode is Mode.DEVELOP,
     )
 
 

@@ -280,6 +280,18 @@ def test_what_would_fail_after_the_build_is_refused_before_it(
     assert taken.is_dir()
 
 
+def test_a_second_run_replaces_its_own_result_link_and_profile(
+    nix_env: dict[str, str], flake: Path, tmp_path: Path
+) -> None:
+    """The up-front link checks must let nix replace what it made: a build's store link,
+    and a dev shell's profile (a chain: prof -> prof-1-link -> the store)."""
+    for _ in range(2):
+        for command in (["build", f"path:{flake}#ok"], ["develop", f"path:{flake}#ok"]):
+            result = nixbuild(*command, "--log-dir", str(tmp_path / "l"), cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+    assert (tmp_path / "result").is_symlink()
+
+
 def test_a_fallback_that_is_turned_off_is_not_judged(
     nix_env: dict[str, str], flake: Path, tmp_path: Path
 ) -> None:
