@@ -29,6 +29,16 @@ Runner = Callable[[list[str]], process.Completed]
 CACHE_FILENAME = "nix-version.json"
 
 
+def store_dir(env: Mapping[str, str] | None = None) -> Path:
+    """nix's store directory: ``NIX_STORE_DIR``, else /nix/store."""
+    return Path((os.environ if env is None else env).get("NIX_STORE_DIR") or "/nix/store")
+
+
+def state_dir(env: Mapping[str, str]) -> Path:
+    """nix's state directory (its database, daemon socket, from 2.30 its builds)."""
+    return Path(env.get("NIX_STATE_DIR") or "/nix/var/nix")
+
+
 def parse_nix_version(text: str) -> str | None:
     """``nix (Nix) 2.8.0`` → ``2.8.0``; None when the text is not a version line."""
     words = text.split()
@@ -195,7 +205,7 @@ def build_dir(
     if configured:
         return Path(configured)
     if version is not None and version_tuple(version) >= (2, 30, 0):
-        return Path(env.get("NIX_STATE_DIR") or "/nix/var/nix") / "builds"
+        return state_dir(env) / "builds"
     if mode == "daemon":
         return Path("/tmp")
     return Path(env.get("TMPDIR") or "/tmp")

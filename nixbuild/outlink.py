@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import UsageError
 from .model import Mode
 from .nixcmd import slug
-from .recovery import store_dir
+from .nixfacts import store_dir
 from .rundir import check_name_length
 
 

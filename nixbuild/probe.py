@@ -21,6 +21,8 @@ from .nixfacts import (
     nix_config,
     nix_version,
     options_honoured,
+    state_dir,
+    store_dir,
     store_mode,
     user_and_groups,
 )
@@ -331,18 +333,18 @@ def collect_facts(
     memory = read_memory(read)
     affinity = len(os.sched_getaffinity(0))
     quota = read_cpu_quota(read)
-    store = Path(env.get("NIX_STORE_DIR") or "/nix/store")
+    store = store_dir(env)
     mode = None
     config: dict[str, str] = {}
     honoured: bool | None = None
     reason = "nix is not installed"
     version = nix_version(runner, env, version_cache)
     if version is not None:
-        state_dir = Path(env.get("NIX_STATE_DIR") or "/nix/var/nix")
+        state = state_dir(env)
         mode = store_mode(
             env.get("NIX_REMOTE"),
-            os.access(existing_ancestor(state_dir), os.W_OK),
-            (state_dir / "daemon-socket" / "socket").exists(),
+            os.access(existing_ancestor(state), os.W_OK),
+            (state / "daemon-socket" / "socket").exists(),
         )
         # Only a daemon's trusted-users matter, and asking nix for its configuration costs
         # a process start before every build: skip it when nix opens the store itself.

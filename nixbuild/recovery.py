@@ -6,8 +6,7 @@ this module does it, through process.py, with time and reading injected for test
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +16,6 @@ from .process import CommandNotFound, run_capture
 
 GiB = 1024**3
 SEED_FREE_BYTES = 20 * GiB  # the seed advice for PyTorch-sized source builds
-
-
-def store_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    return Path(env.get("NIX_STORE_DIR") or "/nix/store")
 
 
 def free_space_gb(path: Path) -> float | None:

@@ -25,6 +25,7 @@ from .console import Console, format_elapsed
 from .decisiontext import decision_line, format_seconds
 from .errors import ExitCode
 from .model import AttemptRecord, AttemptSpec, Decision, Diagnosis, Kind, Variant
+from .nixfacts import store_dir
 from .observers import Observers, RunObserver, RunStart
 from .rundir import RunFiles, create_run_dir, new_run_id
 from .summary import Outcome, build_summary, iso
@@ -192,7 +193,7 @@ class Supervisor:
             return Decision(policy.GIVE_UP, reason="the run's deadline has passed")
         free_gb = None
         if diagnosis.kind is Kind.DISK:
-            free_gb = recovery.free_space_gb(recovery.store_dir())
+            free_gb = recovery.free_space_gb(store_dir())
         decision = policy.decide(
             diagnosis, history, spec, self.request.policy, self.rng, free_space_gb=free_gb
         )
@@ -235,8 +236,8 @@ class Supervisor:
         elif decision.delay_s > 0:
             self.sleep(decision.delay_s)
         if decision.action == policy.GC_THEN_RETRY:
-            self._warn(f"nixbuild: collecting garbage in {recovery.store_dir()}")
-            result = recovery.collect_garbage(self.nix, recovery.store_dir())
+            self._warn(f"nixbuild: collecting garbage in {store_dir()}")
+            result = recovery.collect_garbage(self.nix, store_dir())
             self._warn(f"nixbuild: {result.message}")
             files.event("garbage_collected", ok=result.ok, message=result.message)
         return None if self.interrupted_by is not None else decision.next
