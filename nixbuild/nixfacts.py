@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -110,16 +109,13 @@ def _read(path: Path) -> dict[str, object]:
 
 def _write(path: Path, data: dict[str, str]) -> None:
     """Atomically (a reader never sees half a file); failures are ignored (see above)."""
+    # Imported only when a new version is stored (rundir brings structlog, which `doctor`
+    # and the version probe do not need otherwise).
+    from .rundir import write_json_atomic  # noqa: PLC0415
+
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f)
-            Path(tmp).replace(path)
-        except OSError:
-            Path(tmp).unlink()
-            raise
+        write_json_atomic(path, data)
 
 
 # --- store mode and trust ---------------------------------------------------------------
