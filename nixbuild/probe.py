@@ -218,8 +218,12 @@ def reclaimable_bytes(memory_stat: str | None, version: int) -> int:
     return max(0, clean)
 
 
-def read_memory(read: Reader = read_text) -> Memory:
-    info = parse_meminfo(read("/proc/meminfo") or "")
+def read_memory(read: Reader = read_text, *, strict: bool = False) -> Memory:
+    """``strict``: raise OSError when /proc/meminfo cannot be read (else it reads as 0)."""
+    meminfo = read("/proc/meminfo")
+    if meminfo is None and strict:
+        raise OSError("/proc/meminfo cannot be read")
+    info = parse_meminfo(meminfo or "")
     total = info.get("MemTotal", 0)
     available = info.get("MemAvailable", info.get("MemFree", 0))
     dirs = cgroup_dirs(read)
@@ -250,9 +254,7 @@ def available_memory(read: Reader = read_text) -> int:
 
     Raises OSError when /proc/meminfo cannot be read: "0 bytes" would stop the build.
     """
-    if read("/proc/meminfo") is None:
-        raise OSError("/proc/meminfo cannot be read")
-    return read_memory(read).available_bytes
+    return read_memory(read, strict=True).available_bytes
 
 
 def read_oom_kill_count(read: Reader = read_text) -> int | None:
