@@ -20,6 +20,10 @@ class ExitCode(enum.IntEnum):
     SIGTERM = 143
 
 
+# The way out of an unusable state directory (locks, ledger), said by both.
+STATE_DIR_HINT = "set NIXBUILD_STATE_DIR or state_dir to a writable directory"
+
+
 class NixbuildError(Exception):
     """Base class: a message for the user and the exit code it maps to."""
 

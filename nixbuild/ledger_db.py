@@ -12,7 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .errors import ExitCode, UsageError
+from .errors import STATE_DIR_HINT, ExitCode, UsageError
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -42,9 +42,6 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 
-_STATE_HINT = "set NIXBUILD_STATE_DIR or state_dir to a writable directory"
-
-
 class LedgerError(UsageError):
     """The ledger cannot be opened or written: a problem of the state directory, not of the
     build, so exit 2 (exit 1 means "the build failed")."""
@@ -62,17 +59,17 @@ def open_db(path: Path) -> sqlite3.Connection:
     except OSError as exc:
         raise LedgerError(
             f"cannot create the ledger directory {path.parent}: {exc.strerror or exc}",
-            hint=_STATE_HINT,
+            hint=STATE_DIR_HINT,
         ) from exc
     if path.is_dir():
         raise LedgerError(
             f"the ledger path {path} is a directory",
-            hint=f"remove it, or {_STATE_HINT}",
+            hint=f"remove it, or {STATE_DIR_HINT}",
         )
     if path.exists() and not path.is_file():
         raise LedgerError(
             f"the ledger path {path} is not a regular file (a FIFO, socket or device)",
-            hint=f"remove it, or {_STATE_HINT}",
+            hint=f"remove it, or {STATE_DIR_HINT}",
         )
     db: sqlite3.Connection | None = None
     try:
@@ -165,12 +162,12 @@ def ledger_error(path: Path, verb: str, exc: sqlite3.Error) -> LedgerError:
         return LedgerError(
             f"cannot {verb} the ledger {path}: {text}",
             hint="check that the file and its directory are readable and writable, or "
-            + _STATE_HINT,
+            + STATE_DIR_HINT,
         )
     if "full" in text or "disk I/O" in text:  # ENOSPC shows as either
         return LedgerError(
             f"cannot {verb} the ledger {path}: {text}",
-            hint=f"check free space and the filesystem of {path.parent}, or {_STATE_HINT}",
+            hint=f"check free space and the filesystem of {path.parent}, or {STATE_DIR_HINT}",
         )
     return LedgerError(
         f"cannot {verb} the ledger {path}: {text}",

@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from .errors import ExitCode, NixbuildError, UsageError
+from .errors import STATE_DIR_HINT, ExitCode, NixbuildError, UsageError
 from .redact import redact_argv
 from .systemd import validate_job_name
-
-_STATE_HINT = "set NIXBUILD_STATE_DIR or state_dir to a writable directory"
 
 
 def lock_name(job: str | None, target: str) -> str:
@@ -151,7 +149,7 @@ class JobLock:
             raise UsageError(
                 f"cannot create the lock directory {self.path.parent}: it exists and is not"
                 " a directory",
-                hint=f"remove it, or {_STATE_HINT}",
+                hint=f"remove it, or {STATE_DIR_HINT}",
             ) from exc
         except OSError as exc:
             raise self._unusable(
@@ -166,7 +164,7 @@ class JobLock:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise UsageError(
                         f"the lock file {self.path} is not a regular file",
-                        hint=f"remove it, or {_STATE_HINT}",
+                        hint=f"remove it, or {STATE_DIR_HINT}",
                     )
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -188,11 +186,11 @@ class JobLock:
             os.close(fd)  # removed (a failed acquire) between our open and flock: reopen
         raise UsageError(
             f"the lock file {self.path} keeps being replaced while nixbuild locks it",
-            hint="something else is deleting files in the state directory; " + _STATE_HINT,
+            hint="something else is deleting files in the state directory; " + STATE_DIR_HINT,
         )
 
     def _unusable(self, what: str, exc: OSError) -> UsageError:
-        return UsageError(f"{what}: {exc.strerror or exc}", hint=_STATE_HINT)
+        return UsageError(f"{what}: {exc.strerror or exc}", hint=STATE_DIR_HINT)
 
     def release(self) -> None:
         """Empty the record (a clean end), then drop the lock. The file stays: deleting a
