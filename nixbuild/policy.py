@@ -174,8 +174,8 @@ def _call_state(attempt_number: int) -> tenacity.RetryCallState:
 def interruption(signum: int) -> Diagnosis:
     """The diagnosis the supervisor records when it stops an attempt because *it* got a signal.
 
-    The rule names the signal (``interrupted.sigint`` / ``interrupted.sigterm``), which is how
-    ``exit_code_for`` tells 130 from 143.
+    The rule names the signal (``interrupted.sigint``, ``.sigterm``, ``.sighup``), which is how
+    ``exit_code_for`` tells 130, 143 and 129 apart.
     """
     try:
         name = signal.Signals(signum).name
@@ -328,6 +328,15 @@ def _give_up(reason: str) -> Decision:
     return Decision(GIVE_UP, 0.0, None, reason)
 
 
+_SIGNAL_EXIT: dict[int, ExitCode] = {signal.SIGINT: ExitCode.SIGINT, signal.SIGHUP: ExitCode.SIGHUP}
+
+
+def signal_exit_code(signum: int) -> ExitCode:
+    """128 + the signal, as a shell reports a command killed by it. systemd stops units with
+    SIGTERM, so any other signal counts as a stop (143)."""
+    return _SIGNAL_EXIT.get(signum, ExitCode.SIGTERM)
+
+
 def exit_code_for(history: Sequence[AttemptRecord], succeeded: bool) -> ExitCode:
     """The exit-code contract (design.md "Exit codes") for a finished run."""
     if succeeded:
@@ -337,8 +346,8 @@ def exit_code_for(history: Sequence[AttemptRecord], succeeded: bool) -> ExitCode
         return ExitCode.FAILED
     last = failed[-1]
     if last.kind is Kind.INTERRUPTED:
-        # systemd stops units with SIGTERM, so anything not named SIGINT counts as a stop.
-        return ExitCode.SIGINT if "sigint" in last.rule.lower() else ExitCode.SIGTERM
+        name = last.rule.rpartition(".")[2].upper()  # interrupted.sigint → SIGINT
+        return signal_exit_code(signal.Signals[name] if name in signal.Signals.__members__ else 0)
     if last.kind in TRANSIENT_KINDS:
         return ExitCode.TRANSIENT
     return ExitCode.FAILED

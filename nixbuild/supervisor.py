@@ -325,7 +325,7 @@ class Supervisor:
             status = "failed"
         exit_code = policy.exit_code_for(history, succeeded)
         if not succeeded and self.interrupted_by is not None:
-            exit_code = _SIGNAL_EXIT.get(self.interrupted_by, ExitCode.SIGTERM)
+            exit_code = policy.signal_exit_code(self.interrupted_by)
         if len(history) == 1 and _installable_missing(history[0].diagnosis):
             exit_code = ExitCode.USAGE
         if self.deadline_reached and exit_code == ExitCode.FAILED and not succeeded:
@@ -357,10 +357,6 @@ class Supervisor:
         outcome = Outcome(run_id, run_dir, status, exit_code, tuple(history), outputs, summary)
         self.observers.run_finished(outcome)
         return outcome
-
-
-# 128 + the signal, as a shell reports a command killed by it.
-_SIGNAL_EXIT: dict[int, ExitCode] = {signal.SIGINT: ExitCode.SIGINT, signal.SIGHUP: ExitCode.SIGHUP}
 
 
 def _installable_missing(diagnosis: Diagnosis | None) -> bool:

@@ -402,7 +402,7 @@ def test_exit_code_values_are_the_documented_numbers() -> None:
 
 
 def test_interruption_names_the_signal_for_the_exit_code() -> None:
-    for signum, code in [(signal.SIGINT, 130), (signal.SIGTERM, 143)]:
+    for signum, code in [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]:
         d = interruption(signum)
         assert d.kind is Kind.INTERRUPTED
         assert d.rule == f"interrupted.{signal.Signals(signum).name.lower()}"
