@@ -54,6 +54,10 @@ class WholeNumber(click.IntRange):
         return super().convert(value, param, ctx)
 
 
+# `-n` of history and service logs: at least one, and few enough for SQLite and a terminal.
+HOW_MANY = WholeNumber(1, 100_000)
+
+
 def run_options(func: F) -> F:
     """Options shared by build, develop, run and demo. Each has an env twin NIXBUILD_<NAME>."""
     options = [
@@ -275,7 +279,7 @@ def show_config(job: str | None, config_path: str | None) -> int:
 @click.option(
     "-n",
     "--limit",
-    type=WholeNumber(1, 100_000),
+    type=HOW_MANY,
     default=20,
     show_default=True,
     help="how many runs",

@@ -16,7 +16,7 @@ import click
 from . import config as config_mod
 from . import process
 from .assess import MODES, Thresholds, assess, gib, thresholds_from
-from .cli import WholeNumber
+from .cli import HOW_MANY
 from .errors import ExitCode, NixbuildError
 from .probe import MachineFacts, collect_facts
 from .retention import is_run_dir_name
@@ -126,7 +126,7 @@ def _last_run(job: str, workdir: str) -> str:
 @click.option(
     "-n",
     "--lines",
-    type=WholeNumber(1, 100_000),
+    type=HOW_MANY,
     default=200,
     show_default=True,
     help="how many lines",
